@@ -1,0 +1,195 @@
+"""The ``profiler`` command: a thin shell over :mod:`profiler`'s workspace API.
+
+Results go to stdout (one JSON object per line with ``--json``); logs and progress go to
+stderr. Exit status: 0 on success, 1 when some requested users were unknown, 2 on bad
+arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from profiler.workspace import Results, Workspace
+
+logger = logging.getLogger("profiler")
+
+DEMO_WORKSPACE = Path("index") / "demo"
+DEMO_QUERIES = (
+    "flowy summer dress for a beach wedding",
+    "warm winter coat",
+    "comfortable stretchy jeans",
+    "swimsuit",
+)
+DEMO_SHOPPERS = 3
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="profiler", description="Learn shoppers' interests from their text."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build a workspace from a catalogue and events")
+    build.add_argument("--catalog", required=True, type=Path, help="items: CSV, JSONL or Parquet")
+    build.add_argument("--events", required=True, type=Path, help="events: CSV, JSONL or Parquet")
+    build.add_argument("--workspace", required=True, type=Path)
+    build.add_argument("--model", help="bundled model name or local sentence-transformers folder")
+    build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    build.add_argument("--batch-size", type=int, default=64)
+    _add_common(build)
+
+    search = commands.add_parser("search", help="items matching a text query")
+    search.add_argument("--workspace", required=True, type=Path)
+    search.add_argument("query", nargs="+", help="query text (several words are one query)")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--json", action="store_true", help="one JSON object per line")
+    search.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_common(search)
+
+    recommend = commands.add_parser("recommend", help="items for users or an anonymous shopper")
+    recommend.add_argument("--workspace", required=True, type=Path)
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id in the workspace")
+    who.add_argument("--users", type=Path, help="file with one user id per line")
+    who.add_argument("--history", action="append", help="a text of an anonymous shopper (repeat)")
+    recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument("--json", action="store_true", help="one JSON object per line")
+    recommend.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_common(recommend)
+
+    demo = commands.add_parser("demo", help="build from the bundled data and show results")
+    demo.add_argument("--workspace", type=Path, default=DEMO_WORKSPACE)
+    demo.add_argument("-k", type=int, default=5)
+    _add_common(demo)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("faiss", "httpx", "urllib3", "datasets", "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return sys.stderr.isatty() and not args.quiet
+
+
+def _print_results(heading: str, results: Results) -> None:
+    print(heading)
+    if not results.ids:
+        print("   (no items)")
+    for rank, (item_id, score, title) in enumerate(zip(*results), start=1):
+        print(f"  {rank:2d}. {score:6.3f}  {item_id:>10}  {title}")
+
+
+def _emit(
+    args: argparse.Namespace, key: str, value: object, heading: str, results: Results
+) -> None:
+    if args.json:
+        print(json.dumps({key: value, "items": results.records()}, ensure_ascii=False))
+    else:
+        _print_results(heading, results)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    ws = Workspace.build(
+        args.workspace,
+        catalog=args.catalog,
+        events=args.events,
+        model=args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        show_progress_bar=_progress(args),
+    )
+    print(ws)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False)
+    query = " ".join(args.query)
+    _emit(args, "query", query, f"query: {query}", ws.search(query, k=args.k))
+    return 0
+
+
+def _read_user_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from exc
+    return [line.strip() for line in lines if line.strip()]
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False)
+    if args.history is not None:
+        results = ws.recommend(history=args.history, k=args.k)
+        _emit(args, "user_id", None, "anonymous shopper", results)
+        return 0
+    users = [args.user] if args.user is not None else _read_user_file(args.users)
+    status = 0
+    for number, user in enumerate(users, start=1):
+        try:
+            results = ws.recommend(user, k=args.k)
+        except KeyError:
+            where = f" ({args.users} line {number})" if args.users else ""
+            print(f"profiler: unknown user {user!r}{where}", file=sys.stderr)
+            status = 1
+            continue
+        _emit(args, "user_id", user, f"user: {user}", results)
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from profiler.data import clothing_catalog, clothing_events
+
+    ws = Workspace.build(
+        args.workspace,
+        catalog=clothing_catalog(),
+        events=clothing_events(),
+        show_progress_bar=_progress(args),
+    )
+    print(f"{ws}\n")
+    for query, results in zip(DEMO_QUERIES, ws.search_many(DEMO_QUERIES, k=args.k)):
+        _print_results(f"search: {query!r}", results)
+        print()
+    for user in ws.users[:DEMO_SHOPPERS]:
+        review = ws.user_events(user)["text"].iloc[0]
+        _print_results(f"shopper {user} wrote: {review[:90]!r}...", ws.recommend(user, k=args.k))
+        print()
+    print(f"Try: profiler search --workspace {args.workspace} 'linen trousers'")
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "search": cmd_search, "recommend": cmd_recommend, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``profiler`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"profiler: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,405 @@
+"""Validate catalogue and event rows; quarantine bad rows with the reason, keep the good.
+
+Every row is checked on its own. A bad row never stops a build: it goes to a JSON Lines
+quarantine file with the file name, row number (data rows counted from 1, header
+excluded), field and reason, and the good rows go on. Only a file that cannot be read at
+all, or lacks a required column, raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from profiler.data.loading import iter_rows, read_columns
+from profiler.data.schema import (
+    CATALOG_COLUMNS,
+    CATALOG_REQUIRED,
+    EVENT_COLUMNS,
+    EVENT_KINDS,
+    EVENT_REQUIRED,
+    KINDS_NEEDING_ITEM,
+    KINDS_NEEDING_TEXT,
+    MAX_TIMESTAMP,
+    RATING_RANGE,
+)
+from profiler.storage import write_text
+
+__all__ = [
+    "Loaded",
+    "Rejection",
+    "ValidationReport",
+    "load_catalog",
+    "load_events",
+    "parse_timestamp",
+]
+
+logger = logging.getLogger(__name__)
+
+Source = str | os.PathLike[str] | pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One rejected row: where it was, which field was wrong, why, and the row itself."""
+
+    file: str
+    row: int
+    field: str
+    reason: str
+    record: dict[str, Any]
+
+    def __str__(self) -> str:
+        return f"{self.file} row {self.row} field {self.field!r}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What happened to one input: rows read, accepted, rejected (with reasons)."""
+
+    file: str
+    n_rows: int
+    rejections: tuple[Rejection, ...] = ()
+    quarantine: Path | None = None
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejections)
+
+    @property
+    def n_accepted(self) -> int:
+        return self.n_rows - self.n_rejected
+
+    def summary(self) -> str:
+        text = (
+            f"{self.file}: {self.n_rows} rows, {self.n_accepted} accepted, "
+            f"{self.n_rejected} rejected"
+        )
+        if self.rejections:
+            by_field = Counter(r.field for r in self.rejections)
+            text += " (" + ", ".join(f"{f}: {n}" for f, n in by_field.most_common()) + ")"
+            if self.quarantine is not None:
+                text += f" -> {self.quarantine}"
+        return text
+
+
+class Loaded(NamedTuple):
+    """Validated rows as a typed DataFrame, and the report of what was rejected."""
+
+    frame: pd.DataFrame
+    report: ValidationReport
+
+
+class _RowError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+# -- field parsers ---------------------------------------------------------------------
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _text(value: Any, name: str, *, required: bool) -> str:
+    if _is_missing(value):
+        if required:
+            raise _RowError(name, "missing value")
+        return ""
+    if isinstance(value, (dict, list, bool)):
+        raise _RowError(name, f"expected text, got {type(value).__name__} {value!r:.60}")
+    text = str(value)
+    if "\ufffd" in text:
+        raise _RowError(name, "not valid UTF-8 (undecodable bytes in the file)")
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))  # ids read as floats from a typed column: 12.0 -> "12"
+    return text.strip()
+
+
+def _number(value: Any, name: str, lo: float | None = None, hi: float | None = None) -> float:
+    if _is_missing(value):
+        return math.nan
+    if isinstance(value, bool):
+        raise _RowError(name, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _RowError(name, f"expected a number, got {value!r:.60}") from None
+    if not math.isfinite(number):
+        raise _RowError(name, f"not a finite number: {value!r}")
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise _RowError(name, f"{number:g} outside [{lo:g}, {hi:g}]")
+    return number
+
+
+def parse_timestamp(value: Any) -> float:
+    """Parse unix seconds (number or numeric string) or ISO 8601 to unix seconds (UTC).
+
+    Naive ISO times are taken as UTC. Raises ``ValueError`` naming the value.
+    """
+    if _is_missing(value):
+        raise ValueError("missing value")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, datetime):
+        seconds = (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    elif isinstance(value, pd.Timestamp):
+        seconds = (value if value.tzinfo else value.tz_localize("UTC")).timestamp()
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(
+                    f"cannot parse {value!r:.60} as unix seconds or ISO 8601"
+                ) from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+    else:
+        raise ValueError(f"cannot parse {type(value).__name__} {value!r:.60} as a timestamp")
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite time: {value!r}")
+    if abs(seconds) > MAX_TIMESTAMP:
+        raise ValueError(f"{value!r} is past the year 3000: milliseconds? expected unix seconds")
+    return seconds
+
+
+# -- driving the validation ------------------------------------------------------------
+
+
+def _rows(source: Source, columns: Mapping[str, str] | None) -> tuple[str, Iterable[dict]]:
+    """Name of the source and an iterator over its rows with columns renamed."""
+    rename = dict(columns or {})
+    if isinstance(source, pd.DataFrame):
+        name = "<DataFrame>"
+        frame = source.rename(columns=rename)
+        records: Iterable[dict] = frame.to_dict(orient="records")
+        return name, records
+    if type(source).__module__.startswith("datasets"):
+        return "<Dataset>", ({rename.get(k, k): v for k, v in r.items()} for r in source)
+    path = Path(source)
+    return str(path), ({rename.get(k, k): v for k, v in r.items()} for r in iter_rows(path))
+
+
+def _check_columns(name: str, source: Source, required: Iterable[str], rename: Mapping) -> None:
+    if isinstance(source, pd.DataFrame):
+        present = {rename.get(c, c) for c in source.columns}
+    elif type(source).__module__.startswith("datasets"):
+        present = {rename.get(c, c) for c in source.column_names}
+    elif Path(source).suffix.lower() in (".csv", ".parquet"):
+        present = {rename.get(c, c) for c in read_columns(source)}
+    else:
+        return  # JSON Lines: a missing column shows up row by row as a missing value
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ValueError(
+            f"{name}: missing required column(s) {missing}; found {sorted(present)} "
+            "(map other names with columns={'their_name': 'our_name'})"
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def _write_quarantine(path: Path | None, rejections: list[Rejection]) -> Path | None:
+    if path is None:
+        return None
+    if not rejections:
+        path.unlink(missing_ok=True)  # a clean input leaves no stale quarantine behind
+        return None
+    lines = [
+        json.dumps(
+            {
+                "file": r.file,
+                "row": r.row,
+                "field": r.field,
+                "reason": r.reason,
+                "record": _json_safe(r.record),
+            },
+            ensure_ascii=False,
+        )
+        for r in rejections
+    ]
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _finish(
+    name: str,
+    rows: list[dict],
+    rejections: list[Rejection],
+    n_rows: int,
+    quarantine: Path | None,
+    columns: list[str],
+) -> Loaded:
+    written = _write_quarantine(quarantine, rejections)
+    report = ValidationReport(name, n_rows, tuple(rejections), written)
+    log = logger.warning if rejections else logger.info
+    log("%s", report.summary())
+    for rejection in rejections[:5]:
+        logger.warning("  %s", rejection)
+    frame = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    return Loaded(frame, report)
+
+
+def load_catalog(
+    source: Source,
+    *,
+    columns: Mapping[str, str] | None = None,
+    quarantine: str | os.PathLike[str] | None = None,
+) -> Loaded:
+    """Load and validate a catalogue: one row per item.
+
+    Parameters
+    ----------
+    source : path or DataFrame or datasets.Dataset
+        CSV, JSON Lines or Parquet file (by extension), or an in-memory table.
+    columns : mapping, optional
+        Rename source columns to ours, e.g. ``{"asin": "item_id"}``.
+    quarantine : path, optional
+        JSON Lines file for rejected rows (written atomically; removed if none).
+
+    Returns
+    -------
+    Loaded
+        ``frame`` with ``item_id``, ``title``, ``description``, ``category``, ``brand``
+        (str) and ``price`` (float, NaN when absent) plus any extra columns as text, and
+        the ``report``.
+    """
+    name, records = _rows(source, columns)
+    _check_columns(name, source, CATALOG_REQUIRED, columns or {})
+    seen: dict[str, int] = {}
+    rows: list[dict] = []
+    rejections: list[Rejection] = []
+    extra: dict[str, None] = {}
+    n_rows = 0
+    for n_rows, record in enumerate(records, start=1):
+        try:
+            item_id = _text(record.get("item_id"), "item_id", required=True)
+            if item_id in seen:
+                raise _RowError(
+                    "item_id", f"duplicate item_id {item_id!r} (first at row {seen[item_id]})"
+                )
+            row = {
+                "item_id": item_id,
+                "title": _text(record.get("title"), "title", required=True),
+                "description": _text(record.get("description"), "description", required=False),
+                "category": _text(record.get("category"), "category", required=False),
+                "brand": _text(record.get("brand"), "brand", required=False),
+                "price": _number(record.get("price"), "price", 0.0, math.inf),
+            }
+            for key, value in record.items():
+                if key not in CATALOG_COLUMNS:
+                    extra[key] = None
+                    row[key] = _text(value, key, required=False)
+        except _RowError as err:
+            rejections.append(Rejection(name, n_rows, err.field, err.reason, record))
+            continue
+        seen[item_id] = n_rows
+        rows.append(row)
+    out_columns = [*CATALOG_COLUMNS, *extra]
+    return _finish(name, rows, rejections, n_rows, _path(quarantine), out_columns)
+
+
+def load_events(
+    source: Source,
+    *,
+    items: Iterable[str] | None = None,
+    columns: Mapping[str, str] | None = None,
+    quarantine: str | os.PathLike[str] | None = None,
+) -> Loaded:
+    """Load and validate events: one row per user action.
+
+    Parameters
+    ----------
+    source : path or DataFrame or datasets.Dataset
+        CSV, JSON Lines or Parquet file, or an in-memory table.
+    items : iterable of str, optional
+        Known item ids; events naming any other item are rejected.
+    columns : mapping, optional
+        Rename source columns to ours.
+    quarantine : path, optional
+        JSON Lines file for rejected rows.
+
+    Returns
+    -------
+    Loaded
+        ``frame`` with ``user_id``, ``kind``, ``item_id``, ``text`` (str, ``""`` when
+        absent), ``timestamp`` (float unix seconds, UTC), ``rating`` (float, NaN when
+        absent), and the ``report``.
+    """
+    name, records = _rows(source, columns)
+    _check_columns(name, source, EVENT_REQUIRED, columns or {})
+    known = set(items) if items is not None else None
+    rows: list[dict] = []
+    rejections: list[Rejection] = []
+    n_rows = 0
+    for n_rows, record in enumerate(records, start=1):
+        try:
+            row = _event(record, known)
+        except _RowError as err:
+            rejections.append(Rejection(name, n_rows, err.field, err.reason, record))
+            continue
+        rows.append(row)
+    return _finish(name, rows, rejections, n_rows, _path(quarantine), list(EVENT_COLUMNS))
+
+
+def _event(record: Mapping[str, Any], known: set[str] | None) -> dict[str, Any]:
+    user_id = _text(record.get("user_id"), "user_id", required=True)
+    try:
+        timestamp = parse_timestamp(record.get("timestamp"))
+    except ValueError as exc:
+        raise _RowError("timestamp", str(exc)) from None
+    kind = _text(record.get("kind"), "kind", required=True).lower()
+    if kind not in EVENT_KINDS:
+        raise _RowError("kind", f"unknown kind {kind!r}; expected one of {list(EVENT_KINDS)}")
+    item_id = _text(record.get("item_id"), "item_id", required=kind in KINDS_NEEDING_ITEM)
+    if item_id and known is not None and item_id not in known:
+        raise _RowError("item_id", f"item {item_id!r} is not in the catalogue")
+    text = _text(record.get("text"), "text", required=kind in KINDS_NEEDING_TEXT)
+    rating = _number(record.get("rating"), "rating", *RATING_RANGE)
+    return {
+        "user_id": user_id,
+        "timestamp": timestamp,
+        "kind": kind,
+        "item_id": item_id,
+        "text": text,
+        "rating": rating,
+    }
+
+
+def _path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value)

@@ -1,0 +1,389 @@
+"""The persisted workspace: one directory that the CLI, scripts, notebooks and jobs share.
+
+Layout (see ``index/README.md``)::
+
+    manifest.json          format version, library version, model id + dim, counts
+    items.parquet          the validated catalogue
+    items.faiss, items.ids.npy, items.labels.npy, items.json   item vectors (FAISS)
+    events.parquet         validated events; ``text_row`` points into event_vectors.npy
+    event_vectors.npy      one vector per distinct event text
+    embeddings/            vector cache keyed by (model id, text hash)
+    quarantine/            rejected input rows with file, row, field and reason
+
+Every file is written atomically and the manifest last, so a crashed build leaves the
+previous workspace readable. Open once (model and indexes loaded once), then make many
+cheap calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from profiler.data import load_catalog, load_events
+from profiler.embedding import Embedder, resolve_model
+from profiler.storage import atomic_path, read_json, save_npy, write_json
+from profiler.vectors import FaissIndex, VectorIndex, load_index
+
+__all__ = ["FORMAT_VERSION", "Results", "Workspace", "item_document"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class Results(NamedTuple):
+    """Ranked items, best first."""
+
+    ids: list[str]
+    scores: np.ndarray
+    titles: list[str]
+
+    def records(self) -> list[dict]:
+        """``[{"item_id", "score", "title"}, ...]`` for JSON output."""
+        return [
+            {"item_id": i, "score": round(float(s), 6), "title": t}
+            for i, s, t in zip(self.ids, self.scores, self.titles)
+        ]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"item_id": self.ids, "score": self.scores, "title": self.titles})
+
+
+def item_document(row: pd.Series | dict) -> str:
+    """The text that represents an item: title, category, brand and description."""
+    parts = [row["title"]]
+    if row.get("category"):
+        parts.append(f"Category: {row['category']}")
+    if row.get("brand"):
+        parts.append(f"Brand: {row['brand']}")
+    if row.get("description"):
+        parts.append(row["description"])
+    return ". ".join(parts)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the workspace so two builds never interleave writes."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{path}: another process is writing this workspace") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("interest-profiler")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Workspace:
+    """A built workspace: catalogue, events, item index and the embedder that made them.
+
+    Use :meth:`build` to create one from input files and :meth:`open` to load one.
+
+    Examples
+    --------
+    >>> ws = Workspace.build("index/shop", catalog="items.csv", events="ev.csv")  # doctest: +SKIP
+    >>> ws.search("waterproof hiking boots", k=5).ids  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        items: pd.DataFrame,
+        events: pd.DataFrame,
+        item_index: VectorIndex,
+        event_vectors: np.ndarray,
+        embedder: Embedder,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.items = items
+        self.events = events
+        self.item_index = item_index
+        self.event_vectors = event_vectors
+        self.embedder = embedder
+        self._titles = dict(zip(items["item_id"], items["title"]))
+        self._user_rows = events.groupby("user_id", sort=False).indices
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        catalog: str | os.PathLike[str] | pd.DataFrame,
+        events: str | os.PathLike[str] | pd.DataFrame,
+        model: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        columns: dict[str, str] | None = None,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+    ) -> Workspace:
+        """Validate inputs, embed items and event texts, index items, persist everything.
+
+        Bad rows go to ``quarantine/`` and the build goes on. Vectors already in the
+        workspace's embedding cache are not recomputed, so a rebuild is fast.
+
+        Parameters
+        ----------
+        path : path
+            Workspace directory (created if missing).
+        catalog, events : path or DataFrame
+            Inputs (CSV, JSON Lines or Parquet by extension).
+        model : str or path, optional
+            Sentence-transformers model; the bundled all-MiniLM-L6-v2 by default.
+        device : str, optional
+            ``auto`` (default), ``cpu`` or ``cuda``.
+        columns : mapping, optional
+            Source-to-our column renames applied to both inputs.
+        """
+        path = Path(path)
+        with _locked(path):
+            quarantine = path / "quarantine"
+            items = load_catalog(catalog, columns=columns, quarantine=quarantine / "catalog.jsonl")
+            if items.frame.empty:
+                raise ValueError(f"{items.report.file}: no valid catalogue rows; see {quarantine}")
+            events_loaded = load_events(
+                events,
+                items=items.frame["item_id"],
+                columns=columns,
+                quarantine=quarantine / "events.jsonl",
+            )
+            event_frame = events_loaded.frame.sort_values("timestamp", kind="stable")
+            event_frame = event_frame.reset_index(drop=True)
+
+            embedder = Embedder(
+                model,
+                device=device,
+                batch_size=batch_size,
+                cache_dir=path / "embeddings",
+                show_progress_bar=show_progress_bar,
+            )
+            logger.info("embedding %d items", len(items.frame))
+            documents = [item_document(row) for row in items.frame.to_dict(orient="records")]
+            item_vectors = embedder.encode(documents)
+            index = FaissIndex(item_vectors.shape[1], model_id=embedder.model_id)
+            index.add(items.frame["item_id"].tolist(), item_vectors)
+
+            texts = event_frame["text"]
+            unique_texts = pd.unique(texts[texts != ""])
+            logger.info("embedding %d distinct event texts", len(unique_texts))
+            event_vectors = embedder.encode(list(unique_texts))
+            row_of = {text: row for row, text in enumerate(unique_texts)}
+            event_frame["text_row"] = texts.map(row_of).fillna(-1).astype(np.int64)
+
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            previous = path / "manifest.json"
+            created = read_json(previous).get("created", now) if previous.is_file() else now
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "library_version": _version(),
+                "created": created,
+                "updated": now,
+                "model": {
+                    "model_id": embedder.model_id,
+                    "dim": int(item_vectors.shape[1]),
+                    "path": str(embedder.spec.path),
+                },
+                "counts": {
+                    "items": len(items.frame),
+                    "events": len(event_frame),
+                    "users": int(event_frame["user_id"].nunique()),
+                    "rejected_items": items.report.n_rejected,
+                    "rejected_events": events_loaded.report.n_rejected,
+                },
+                "inputs": {
+                    "catalog": items.report.file,
+                    "events": events_loaded.report.file,
+                },
+            }
+            _write_parquet(path / "items.parquet", items.frame)
+            _write_parquet(path / "events.parquet", event_frame)
+            save_npy(path / "event_vectors.npy", event_vectors)
+            index.save(path, "items")
+            write_json(path / "manifest.json", manifest)
+            logger.info(
+                "built %s: %d items, %d events, %d users",
+                path,
+                len(items.frame),
+                len(event_frame),
+                manifest["counts"]["users"],
+            )
+        return cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        model: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> Workspace:
+        """Open a built workspace; the model is loaded only when a text must be embedded.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` holds no workspace.
+        ValueError
+            If it was built by another format version, or ``model`` differs from the model
+            it was built with.
+        """
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no workspace here (no manifest.json); create one with `profiler build`"
+            )
+        manifest = read_json(manifest_path)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{manifest_path}: workspace format {manifest.get('format_version')!r}; "
+                f"this library reads format {FORMAT_VERSION}: rebuild it"
+            )
+        built_with = manifest["model"]["model_id"]
+        if model is not None and resolve_model(model).model_id != built_with:
+            raise ValueError(
+                f"{path}: built with model {built_with!r}, not {resolve_model(model).model_id!r}; "
+                "rebuild the workspace to use another model"
+            )
+        embedder = Embedder(
+            model if model is not None else _model_source(manifest),
+            device=device,
+            cache_dir=path / "embeddings",
+            show_progress_bar=show_progress_bar,
+        )
+        if embedder.model_id != built_with:
+            raise ValueError(
+                f"{path}: built with model {built_with!r} but {embedder.model_id!r} "
+                "is installed; rebuild the workspace"
+            )
+        dim = manifest["model"]["dim"]
+        index = load_index(path, "items", model_id=built_with, dim=dim)
+        items = pd.read_parquet(path / "items.parquet")
+        events = pd.read_parquet(path / "events.parquet")
+        event_vectors = np.load(path / "event_vectors.npy", allow_pickle=False)
+        return cls(path, manifest, items, events, index, event_vectors, embedder)
+
+    # -- queries ------------------------------------------------------------------------
+
+    @property
+    def users(self) -> list[str]:
+        """Known user ids, in order of first event."""
+        return list(self._user_rows)
+
+    def title(self, item_id: str) -> str:
+        return self._titles[item_id]
+
+    def search(self, query: str, k: int = 10) -> Results:
+        """Items most similar to a free-text query."""
+        return self.search_many([query], k)[0]
+
+    def search_many(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+        """:meth:`search` for a batch of queries, embedded in one pass."""
+        queries = list(queries)
+        for position, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"query at position {position} is empty or not text: {query!r}")
+        if not queries:
+            return []
+        hits = self.item_index.search(self.embedder.encode(queries), k)
+        return [self._results(ids, scores) for ids, scores in zip(hits.ids, hits.scores)]
+
+    def user_events(self, user: str) -> pd.DataFrame:
+        """The user's events, oldest first; ``KeyError`` for an unknown user."""
+        rows = self._user_rows.get(user)
+        if rows is None:
+            raise KeyError(f"unknown user {user!r}")
+        return self.events.iloc[rows]
+
+    def recommend(
+        self,
+        user: str | None = None,
+        *,
+        history: Sequence[str] | None = None,
+        k: int = 10,
+    ) -> Results:
+        """Items for a known user, or for an anonymous shopper described by texts.
+
+        The profile is the normalised mean of the user's event-text vectors and the
+        vectors of the items they interacted with; those items are never recommended.
+
+        Parameters
+        ----------
+        user : str, optional
+            A user id present in the workspace's events.
+        history : list of str, optional
+            Texts (searches, reviews) of an anonymous shopper.
+        k : int
+            Number of items.
+        """
+        if (user is None) == (history is None):
+            raise ValueError("pass exactly one of user= or history=")
+        seen: set[str] = set()
+        if user is not None:
+            events = self.user_events(user)
+            rows = events["text_row"].to_numpy()
+            seen = set(events["item_id"][events["item_id"] != ""])
+            parts = [self.event_vectors[rows[rows >= 0]]]
+            if seen:
+                parts.append(self.item_index.get(sorted(seen)))
+            vectors = np.concatenate(parts)
+        else:
+            texts = [history] if isinstance(history, str) else list(history)
+            texts = [t for t in texts if isinstance(t, str) and t.strip()]
+            if not texts:
+                raise ValueError("history must hold at least one non-empty text")
+            vectors = self.embedder.encode(texts)
+        profile = vectors.mean(axis=0)
+        profile /= max(float(np.linalg.norm(profile)), 1e-12)
+        hits = self.item_index.search(profile, k, exclude=seen)
+        return self._results(hits.ids[0], hits.scores[0])
+
+    def _results(self, ids: np.ndarray, scores: np.ndarray) -> Results:
+        keep = np.array([i is not None for i in ids], dtype=bool)
+        kept = [str(i) for i in ids[keep]]
+        return Results(kept, scores[keep], [self._titles.get(i, "") for i in kept])
+
+    def __repr__(self) -> str:
+        counts = self.manifest["counts"]
+        return (
+            f"Workspace({str(self.path)!r}, items={counts['items']}, events={counts['events']}, "
+            f"users={counts['users']}, model={self.manifest['model']['model_id']!r})"
+        )
+
+
+def _model_source(manifest: dict) -> str | None:
+    """Model to load for a workspace: the bundled one by name, else the folder it used."""
+    model_id = manifest["model"]["model_id"]
+    if model_id.startswith("sentence-transformers/all-MiniLM-L6-v2@"):
+        return None
+    return manifest["model"].get("path")
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
