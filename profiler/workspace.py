@@ -18,6 +18,7 @@ cheap calls.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import logging
 import os
@@ -140,6 +141,7 @@ class Workspace:
         columns: dict[str, str] | None = None,
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
+        embedder: Embedder | None = None,
     ) -> Workspace:
         """Validate inputs, embed items and event texts, index items, persist everything.
 
@@ -158,6 +160,9 @@ class Workspace:
             ``auto`` (default), ``cpu`` or ``cuda``.
         columns : mapping, optional
             Source-to-our column renames applied to both inputs.
+        embedder : Embedder, optional
+            An already loaded embedder to reuse (``model`` and ``device`` are then
+            ignored); its cache is pointed at this workspace.
         """
         path = Path(path)
         with _locked(path):
@@ -174,11 +179,12 @@ class Workspace:
             event_frame = events_loaded.frame.sort_values("timestamp", kind="stable")
             event_frame = event_frame.reset_index(drop=True)
 
-            embedder = Embedder(
-                model,
+            embedder = _workspace_embedder(
+                embedder,
+                path,
+                model=model,
                 device=device,
                 batch_size=batch_size,
-                cache_dir=path / "embeddings",
                 show_progress_bar=show_progress_bar,
             )
             logger.info("embedding %d items", len(items.frame))
@@ -241,8 +247,12 @@ class Workspace:
         model: str | os.PathLike[str] | None = None,
         device: str | None = None,
         show_progress_bar: bool | None = None,
+        embedder: Embedder | None = None,
     ) -> Workspace:
         """Open a built workspace; the model is loaded only when a text must be embedded.
+
+        ``embedder`` reuses an already loaded model (it must be the one the workspace was
+        built with).
 
         Raises
         ------
@@ -270,10 +280,11 @@ class Workspace:
                 f"{path}: built with model {built_with!r}, not {resolve_model(model).model_id!r}; "
                 "rebuild the workspace to use another model"
             )
-        embedder = Embedder(
-            model if model is not None else _model_source(manifest),
+        embedder = _workspace_embedder(
+            embedder,
+            path,
+            model=model if model is not None else _model_source(manifest),
             device=device,
-            cache_dir=path / "embeddings",
             show_progress_bar=show_progress_bar,
         )
         if embedder.model_id != built_with:
@@ -374,6 +385,17 @@ class Workspace:
             f"Workspace({str(self.path)!r}, items={counts['items']}, events={counts['events']}, "
             f"users={counts['users']}, model={self.manifest['model']['model_id']!r})"
         )
+
+
+def _workspace_embedder(embedder: Embedder | None, path: Path, **kwargs) -> Embedder:
+    """The given embedder with its cache moved into the workspace, or a new one."""
+    if embedder is None:
+        return Embedder(kwargs.pop("model"), cache_dir=path / "embeddings", **kwargs)
+    if embedder.cache_dir != path / "embeddings":
+        embedder = copy.copy(embedder)  # shares the loaded model, not the cache
+        embedder.cache_dir = path / "embeddings"
+        embedder._cache = None
+    return embedder
 
 
 def _model_source(manifest: dict) -> str | None:

@@ -1,0 +1,83 @@
+"""Shared fixtures: the bundled model loaded once, a tiny real data slice, a fake encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler.data import clothing_catalog, clothing_events
+from profiler.embedding import Embedder
+
+#: Classes in the tiny slice; "Jeans" and "Swim" are the obvious product types tests query.
+TINY_CLASSES = ("Jeans", "Swim", "Dresses", "Sweaters", "Outerwear", "Skirts", "Blouses", "Sleep")
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """The bundled all-MiniLM-L6-v2, loaded once for the whole session (no cache)."""
+    model = Embedder(device="cpu", show_progress_bar=False)
+    model.encode(["warm up"])
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A small real slice of the bundled data: 5 described items per class, their events."""
+    items = pd.read_parquet(clothing_catalog())
+    events = pd.read_parquet(clothing_events())
+    klass = items["category"].str.split(" > ").str[-1]
+    described = items[(items["description"] != "") & klass.isin(TINY_CLASSES)]
+    chosen = described.groupby(klass[described.index], group_keys=False).head(5)
+    chosen_events = events[events["item_id"].isin(chosen["item_id"])]
+    chosen_events = chosen_events.groupby("item_id", group_keys=False).head(3)
+    return chosen.reset_index(drop=True), chosen_events.reset_index(drop=True)
+
+
+@pytest.fixture
+def tiny_files(tmp_path: Path, tiny_frames) -> tuple[Path, Path]:
+    """The tiny slice written as CSV files, as a user would hand them to the CLI."""
+    items, events = tiny_frames
+    catalog, event_file = tmp_path / "items.csv", tmp_path / "events.csv"
+    items.to_csv(catalog, index=False)
+    events.to_csv(event_file, index=False)
+    return catalog, event_file
+
+
+class HashingEncoder:
+    """Deterministic fake encoder: a token's vector is seeded by its hash; a text's vector is
+    the normalised sum of its tokens' vectors. Texts sharing words are similar."""
+
+    model_id = "test/hashing-encoder"
+
+    def __init__(self, dim: int = 32) -> None:
+        self.dim = dim
+
+    def _token(self, token: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little")
+        return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+
+    def encode(self, texts: list[str] | str) -> np.ndarray:
+        single = isinstance(texts, str)
+        batch = [texts] if single else texts
+        out = np.zeros((len(batch), self.dim), dtype=np.float32)
+        for row, text in enumerate(batch):
+            for token in re.findall(r"\w+", text.lower()) or ["<empty>"]:
+                out[row] += self._token(token)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+
+@pytest.fixture
+def fake_encoder() -> HashingEncoder:
+    return HashingEncoder()
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Random float32 unit vectors (no ties, so exact and FAISS rankings agree)."""
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -1,0 +1,72 @@
+"""End to end through the ``profiler`` command: build, search, recommend on real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from profiler import cli
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_files):
+    catalog, events = tiny_files
+    ws = tmp_path / "ws"
+    argv = ["build", "--catalog", str(catalog), "--events", str(events), "--workspace", str(ws)]
+    assert cli.main([*argv, "--device", "cpu", "-q"]) == 0
+    return ws
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_build_search_recommend(workspace, tiny_frames, capsys, tmp_path):
+    items, events = tiny_frames
+    category = dict(zip(items["item_id"].astype(str), items["category"]))
+    capsys.readouterr()
+
+    assert cli.main(["search", "--workspace", str(workspace), "swimsuit", "-k", "4", "--json"]) == 0
+    (hit,) = json_lines(capsys.readouterr().out)
+    assert hit["query"] == "swimsuit" and len(hit["items"]) == 4
+    assert set(hit["items"][0]) == {"item_id", "score", "title"}
+    assert all(category[i["item_id"]].endswith("Swim") for i in hit["items"][:3])
+
+    user = events["user_id"].iloc[0]
+    users_file = tmp_path / "users.txt"
+    users_file.write_text(f"{user}\nghost\n")
+    code = cli.main(
+        ["recommend", "--workspace", str(workspace), "--users", str(users_file), "--json"]
+    )
+    out = capsys.readouterr()
+    assert code == 1 and "unknown user 'ghost'" in out.err and "line 2" in out.err
+    (rec,) = json_lines(out.out)
+    assert rec["user_id"] == user and len(rec["items"]) == 10
+    assert events["item_id"].iloc[0] not in {i["item_id"] for i in rec["items"]}
+
+    argv = ["recommend", "--workspace", str(workspace), "--history", "warm wool sweater"]
+    assert cli.main([*argv, "--history", "cozy knit", "-k", "3", "--json"]) == 0
+    (anon,) = json_lines(capsys.readouterr().out)
+    assert anon["user_id"] is None and len(anon["items"]) == 3
+    assert category[anon["items"][0]["item_id"]].endswith("Sweaters")
+
+    assert cli.main(["search", "--workspace", str(workspace), "jeans", "-k", "2"]) == 0
+    assert "query: jeans" in capsys.readouterr().out
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    missing = tmp_path / "missing.csv"
+    argv = [
+        "build",
+        "--catalog",
+        str(missing),
+        "--events",
+        str(missing),
+        "--workspace",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 2
+    assert "missing.csv: no such file" in capsys.readouterr().err
+    assert cli.main(["search", "--workspace", str(tmp_path / "none"), "jeans"]) == 2
+    assert "no workspace here" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from profiler.storage import atomic_path, read_json, save_npy, write_json
+
+
+def test_failed_write_keeps_previous_version(tmp_path):
+    target = tmp_path / "manifest.json"
+    write_json(target, {"version": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("{half")
+        raise RuntimeError("crash mid-write")
+    assert read_json(target) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_npy_never_pickles(tmp_path):
+    save_npy(tmp_path / "ids.npy", np.array(["a", "bb"]))
+    assert list(np.load(tmp_path / "ids.npy", allow_pickle=False)) == ["a", "bb"]
+    with pytest.raises(ValueError):
+        save_npy(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object))
+
+
+def test_read_json_names_the_file(tmp_path):
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bad\.json"):
+        read_json(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        read_json(tmp_path / "missing.json")

@@ -1,0 +1,108 @@
+"""Building, persisting and querying a workspace on a real slice with the real model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import profiler
+from profiler.workspace import FORMAT_VERSION, Workspace, item_document
+
+
+@pytest.fixture
+def built(tmp_path, tiny_files, embedder) -> Workspace:
+    catalog, events = tiny_files
+    return profiler.build(tmp_path / "ws", catalog=catalog, events=events, embedder=embedder)
+
+
+def category_of(ws: Workspace, item_id: str) -> str:
+    return ws.items.set_index("item_id").loc[item_id, "category"]
+
+
+def test_build_persists_everything(built, tiny_frames):
+    items, events = tiny_frames
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["counts"]["items"] == len(items)
+    assert manifest["counts"]["events"] == len(events)
+    assert manifest["model"]["dim"] == 384
+    for name in ("items.faiss", "items.ids.npy", "items.parquet", "events.parquet"):
+        assert (built.path / name).is_file(), name
+    assert len(built.item_index) == len(items)
+    assert not (built.path / "quarantine" / "events.jsonl").exists()
+
+
+def test_search_finds_the_product_type(built):
+    results = built.search("denim jeans", k=5)
+    assert len(results.ids) == 5 and (np.diff(results.scores) <= 1e-6).all()
+    assert sum(category_of(built, i).endswith("Jeans") for i in results.ids) >= 4
+    assert results.titles[0] == built.title(results.ids[0])
+
+
+def test_recommend_known_user_excludes_seen_items(built):
+    user = built.users[0]
+    seen = set(built.user_events(user)["item_id"])
+    results = built.recommend(user, k=10)
+    assert len(results.ids) == 10 and not seen & set(results.ids)
+    # a one-review shopper is shown items of the kind she reviewed
+    reviewed = category_of(built, next(iter(seen)))
+    assert category_of(built, results.ids[0]) == reviewed
+
+
+def test_recommend_history_for_anonymous_shopper(built):
+    results = built.recommend(history=["looking for a bikini for the beach", "one-piece swimsuit"])
+    assert category_of(built, results.ids[0]).endswith("Swim")
+    with pytest.raises(ValueError, match="exactly one"):
+        built.recommend()
+    with pytest.raises(ValueError, match="non-empty"):
+        built.recommend(history=["  "])
+    with pytest.raises(KeyError, match="ghost"):
+        built.recommend("ghost")
+
+
+def test_open_round_trip_and_model_check(built, embedder):
+    opened = profiler.open(built.path, embedder=embedder)
+    assert opened.search("denim jeans", k=3).ids == built.search("denim jeans", k=3).ids
+    assert opened.users == built.users
+    with pytest.raises(ValueError, match="built with model"):
+        Workspace.open(built.path, model=embedder.spec.path)  # same weights, other id
+
+
+def test_open_rejects_other_format_and_missing(built, tmp_path):
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (built.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format 99"):
+        Workspace.open(built.path)
+    with pytest.raises(FileNotFoundError, match="no workspace"):
+        Workspace.open(tmp_path / "empty")
+
+
+def test_dirty_events_are_quarantined_and_build_goes_on(tmp_path, tiny_frames, embedder):
+    items, events = tiny_frames
+    dirty = events.astype({"timestamp": object, "rating": object}).copy()
+    dirty.loc[0, "timestamp"] = "not a time"
+    dirty.loc[1, "rating"] = 9
+    dirty.loc[2, "item_id"] = "no-such-item"
+    ws = Workspace.build(tmp_path / "ws", catalog=items, events=dirty, embedder=embedder)
+    assert len(ws.events) == len(events) - 3
+    lines = (tmp_path / "ws" / "quarantine" / "events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["field"] for line in lines] == ["timestamp", "rating", "item_id"]
+
+
+def test_rebuild_reuses_cached_embeddings(built, tiny_files, embedder):
+    parts = sorted((built.path / "embeddings").rglob("part-*.npz"))
+    catalog, events = tiny_files
+    again = Workspace.build(built.path, catalog=catalog, events=events, embedder=embedder)
+    assert sorted((built.path / "embeddings").rglob("part-*.npz")) == parts
+    assert np.array_equal(again.event_vectors, built.event_vectors)
+
+
+def test_item_document_uses_all_text_fields():
+    row = pd.Series(
+        {"title": "Wool coat", "category": "Jackets", "brand": "", "description": "Warm"}
+    )
+    assert item_document(row) == "Wool coat. Category: Jackets. Warm"
