@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
@@ -110,8 +112,9 @@ def text_keys(texts: Sequence[str]) -> np.ndarray:
 class EmbeddingCache:
     """Vectors on disk keyed by text hash, one folder per model id.
 
-    Each :meth:`put` writes one new ``part-NNNNN.npz`` (keys + vectors) atomically, so a
-    crash loses at most the batch in flight and never corrupts what is there.
+    Each :meth:`put` writes one new, uniquely named ``part-*.npz`` (keys + vectors)
+    atomically, so a crash loses at most the batch in flight, and two processes sharing a
+    cache never overwrite each other (a text both computed is stored twice, harmlessly).
     """
 
     def __init__(self, directory: str | os.PathLike[str], model_id: str) -> None:
@@ -176,10 +179,11 @@ class EmbeddingCache:
             raise ValueError(
                 f"{self.directory}: cache holds {self.dim}-d vectors, got {vectors.shape[1]}-d"
             )
-        n_parts = len(list(self.directory.glob("part-*.npz")))
-        with atomic_path(self.directory / f"part-{n_parts:05d}.npz") as tmp, open(tmp, "wb") as fh:
+        # A unique name per write: concurrent writers and missing parts never collide.
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+        with atomic_path(self.directory / name) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, keys=keys, vectors=vectors)
-        start = len(rows)
+        start = 0 if self._vectors is None else len(self._vectors)
         rows.update(zip(keys.tolist(), range(start, start + len(keys))))
         self._vectors = (
             vectors if self._vectors is None else np.concatenate([self._vectors, vectors])

@@ -403,9 +403,18 @@ class ExactIndex(VectorIndex):
         return self._vectors[[self._row[label] for label in labels.tolist()]].copy()
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # Score in blocks of queries so the score matrix stays under ~256 MB.
+        block = max(1, (1 << 26) // max(len(self._labels), 1))
+        parts = [
+            self._search_block(queries[i : i + block], k) for i in range(0, len(queries), block)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _search_block(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores = queries @ self._vectors.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else None
-        if top is None:
+        if k < scores.shape[1]:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
             top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
         top_scores = np.take_along_axis(scores, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")

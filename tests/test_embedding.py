@@ -67,3 +67,18 @@ def test_resolve_model():
     assert folder.path == bundled.path.resolve() and folder.model_id != bundled.model_id
     with pytest.raises(ValueError, match="hubs are not contacted"):
         resolve_model("intfloat/e5-large")
+
+
+def test_cache_survives_duplicate_parts_and_concurrent_writers(tmp_path):
+    """Two writers storing the same text, then a new text: every key keeps its own vector."""
+    a, b = EmbeddingCache(tmp_path, "m"), EmbeddingCache(tmp_path, "m")
+    keys = text_keys(["x", "y", "z"])
+    vectors = np.eye(3, 4, dtype=np.float32)
+    assert len(a) == len(b) == 0  # both have read the (empty) cache
+    a.put(keys[:1], vectors[:1])
+    b.put(keys[:1], vectors[:1])  # b loaded before a wrote: "x" is stored twice
+    c = EmbeddingCache(tmp_path, "m")
+    c.put(keys[1:], vectors[1:])
+    hit, found = EmbeddingCache(tmp_path, "m").get(keys)
+    assert hit.all() and np.array_equal(found, vectors)
+    assert len(list(c.directory.glob("part-*.npz"))) == 3

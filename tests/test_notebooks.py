@@ -18,7 +18,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PROFILER_NOTEBOOK_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert os.path.isfile(tmp_path / "ws" / "manifest.json")
