@@ -67,6 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_common(recommend)
 
+    evaluate = commands.add_parser("evaluate", help="offline evaluation against baselines")
+    evaluate.add_argument("--workspace", required=True, type=Path)
+    evaluate.add_argument(
+        "--split",
+        default="leave-last-out",
+        choices=["leave-last-out", "temporal", "text"],
+        help="leave-last-out per user, a global temporal cut, or text-only shoppers",
+    )
+    evaluate.add_argument(
+        "--truncate",
+        default="",
+        help="leave-last-out: also query with only the last N history events, e.g. 0,1",
+    )
+    evaluate.add_argument("--quantile", type=float, default=0.8, help="temporal cut quantile")
+    evaluate.add_argument("--no-tune", action="store_true", help="keep default blend weights")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true", help="one JSON line per system and bucket")
+    _add_common(evaluate)
+
     demo = commands.add_parser("demo", help="build from the bundled data and show results")
     demo.add_argument("--workspace", type=Path, default=DEMO_WORKSPACE)
     demo.add_argument("-k", type=int, default=5)
@@ -176,7 +195,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "search": cmd_search, "recommend": cmd_recommend, "demo": cmd_demo}
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from profiler import evaluate as ev
+
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    corpus = ws.corpus()
+    truncate = [int(n) for n in args.truncate.split(",") if n.strip()]
+    if args.split == "leave-last-out":
+        split = ev.leave_last_out(corpus.events, corpus.text_vectors, truncate=truncate)
+    elif args.split == "temporal":
+        split = ev.temporal_split(corpus.events, quantile=args.quantile)
+    else:
+        split = ev.text_split(corpus.events, corpus.text_vectors, seed=args.seed)
+    if not split.cases:
+        raise ValueError(f"{args.workspace}: the {args.split} split has no test cases")
+    rows = ev.evaluate(
+        corpus, split, ev.default_systems(args.seed), tune=not args.no_tune, truncate=truncate
+    )
+    name = f"evaluate-{args.split}"
+    paths = ev.write_report(rows, ws.path / "reports", name, f"{ws.path.name}: {split.name}")
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_dict()))
+    else:
+        print(ev.markdown_table(rows, f"{ws.path.name}: {split.name}"))
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+COMMANDS = {
+    "build": cmd_build,
+    "evaluate": cmd_evaluate,
+    "search": cmd_search,
+    "recommend": cmd_recommend,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
+from profiler.recommender import Corpus
 from profiler.storage import atomic_path, read_json, save_npy, write_json
 from profiler.vectors import FaissIndex, VectorIndex, load_index
 
@@ -305,6 +306,18 @@ class Workspace:
     def users(self) -> list[str]:
         """Known user ids, in order of first event."""
         return list(self._user_rows)
+
+    def corpus(self) -> Corpus:
+        """The catalogue, its vectors and all events, for recommenders and evaluation."""
+        ids = self.items["item_id"].tolist()
+        return Corpus(
+            item_ids=ids,
+            item_vectors=self.item_index.get(ids),
+            item_texts=[item_document(row) for row in self.items.to_dict(orient="records")],
+            item_categories=self.items["category"].fillna("").tolist(),
+            events=self.events,
+            text_vectors=self.event_vectors,
+        )
 
     def title(self, item_id: str) -> str:
         return self._titles[item_id]

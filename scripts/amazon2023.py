@@ -1,0 +1,89 @@
+"""Convert the Amazon Reviews 2023 development split into a catalogue and events.
+
+Reads ``../shared/data/amazon2023/users.jsonl`` (research data: never copied into this
+repository) and writes ``items.parquet`` and ``events.parquet`` for ``profiler build``.
+Each (user, sampled category) row is one shopper, ``<user_id>:<category>``, with her four
+history reviews and the held-out next review as ``review`` events, so a leave-last-out
+split holds out exactly the held-out review. Every product any row mentions is a
+catalogue item (title, brand, price, main category).
+
+    python scripts/amazon2023.py --out index/amazon2023-input
+    profiler build --catalog index/amazon2023-input/items.parquet \\
+        --events index/amazon2023-input/events.parquet --workspace index/amazon2023
+    profiler evaluate --workspace index/amazon2023 --truncate 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_SOURCE = SHARED / "data" / "amazon2023" / "users.jsonl"
+
+
+def _review_text(review: dict) -> str:
+    title = (review.get("review_title") or "").strip()
+    body = (review.get("review_full") or review.get("review_excerpt") or "").strip()
+    return f"{title}. {body}" if title and body else title or body
+
+
+def convert(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    items: dict[str, dict] = {}
+    events = []
+    with open(source, encoding="utf-8") as fh:
+        for line_number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{source} line {line_number}: not JSON ({exc})") from exc
+            shopper = f"{row['user_id']}:{row['category']}"
+            for review in [*row["history"], row["heldout"]]:
+                product = review.get("product") or {}
+                items.setdefault(
+                    review["parent_asin"],
+                    {
+                        "item_id": review["parent_asin"],
+                        "title": product.get("title") or "",
+                        "brand": product.get("brand") or "",
+                        "price": product.get("price"),
+                        "category": product.get("main_category") or "",
+                    },
+                )
+                events.append(
+                    {
+                        "user_id": shopper,
+                        "timestamp": review["timestamp_ms"] / 1000.0,
+                        "kind": "review",
+                        "item_id": review["parent_asin"],
+                        "text": _review_text(review),
+                        "rating": review.get("rating"),
+                    }
+                )
+    catalog = pd.DataFrame(list(items.values()))
+    catalog["price"] = pd.to_numeric(catalog["price"], errors="coerce")
+    return catalog, pd.DataFrame(events)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--out", type=Path, default=Path("index/amazon2023-input"))
+    args = parser.parse_args(argv)
+    if not args.source.is_file():
+        parser.error(f"{args.source}: no such file (the development split lives in ../shared)")
+    catalog, events = convert(args.source)
+    args.out.mkdir(parents=True, exist_ok=True)
+    catalog.to_parquet(args.out / "items.parquet", index=False)
+    events.to_parquet(args.out / "events.parquet", index=False)
+    print(f"wrote {len(catalog)} items and {len(events)} events to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
