@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from profiler.coldstart import ProfileRecommender
+from profiler.storage import write_json
 from profiler.workspace import Results, Workspace
 
 logger = logging.getLogger("profiler")
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--users", type=Path, help="file with one user id per line")
     who.add_argument("--history", action="append", help="a text of an anonymous shopper (repeat)")
     recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument(
+        "--category", action="append", help="only items whose category starts with this (repeat)"
+    )
+    recommend.add_argument(
+        "--diversity", type=float, default=0.0, help="0..1: re-rank by maximal marginal relevance"
+    )
     recommend.add_argument("--json", action="store_true", help="one JSON object per line")
     recommend.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_common(recommend)
@@ -156,15 +164,16 @@ def _read_user_file(path: Path) -> list[str]:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False)
+    options = {"k": args.k, "categories": args.category, "diversity": args.diversity}
     if args.history is not None:
-        results = ws.recommend(history=args.history, k=args.k)
+        results = ws.recommend(history=args.history, **options)
         _emit(args, "user_id", None, "anonymous shopper", results)
         return 0
     users = [args.user] if args.user is not None else _read_user_file(args.users)
     status = 0
     for number, user in enumerate(users, start=1):
         try:
-            results = ws.recommend(user, k=args.k)
+            results = ws.recommend(user, **options)
         except KeyError:
             where = f" ({args.users} line {number})" if args.users else ""
             print(f"profiler: unknown user {user!r}{where}", file=sys.stderr)
@@ -209,11 +218,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = ev.text_split(corpus.events, corpus.text_vectors, seed=args.seed)
     if not split.cases:
         raise ValueError(f"{args.workspace}: the {args.split} split has no test cases")
+    systems: list = []
     rows = ev.evaluate(
-        corpus, split, ev.default_systems(args.seed), tune=not args.no_tune, truncate=truncate
+        corpus,
+        split,
+        ev.default_systems(args.seed),
+        tune=not args.no_tune,
+        truncate=truncate,
+        fitted=systems,
     )
     name = f"evaluate-{args.split}"
     paths = ev.write_report(rows, ws.path / "reports", name, f"{ws.path.name}: {split.name}")
+    tuned = next((s for s in systems if isinstance(s, ProfileRecommender)), None)
+    if tuned is not None and tuned.params is not None:
+        # Serving uses the weights tuned on this workspace's validation users.
+        write_json(
+            ws.path / "models" / "recommender.json",
+            {
+                "params": tuned.params.to_dict(),
+                "profile_config": tuned.config.to_dict() if tuned.config else None,
+                "validation_ndcg@10": getattr(tuned, "validation_ndcg_", None),
+                "split": split.name,
+            },
+        )
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()))

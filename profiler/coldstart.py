@@ -65,10 +65,10 @@ class BlendParams:
 
 #: Grid searched by :meth:`ProfileRecommender.tune` (tau, mu, lam, omega, pi; beta fixed).
 DEFAULT_GRID: Mapping[str, Sequence[float]] = {
-    "tau": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+    "tau": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0),
     "mu": (0.0, 0.5, 1.0),
     "lam": (0.0, 0.5, 1.0),
-    "omega": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "omega": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "pi": (0.0, 0.05),
 }
 

@@ -260,8 +260,16 @@ def tune_profiler(
     unfitted recommender with them."""
     best, best_score = None, -1.0
     base = profiler.config or ProfileConfig()
+    has_text = bool((validation.train["text_row"] >= 0).any())
+    tried: set[str] = set()
     for settings in config_grid:
         config = replace(base, **settings)
+        if not has_text:
+            config = replace(config, text_share=base.text_share)  # no text: share is moot
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        if key in tried:
+            continue
+        tried.add(key)
         tuner = ProfileRecommender(config, None, profiler.n_neighbours)
         tuner.fit(corpus.with_events(validation.train))
         params = tuner.tune((c.query, c.targets) for c in validation.cases)
@@ -301,11 +309,14 @@ def evaluate(
     *,
     tune: bool = True,
     truncate: Sequence[int] = (),
+    fitted: list[Recommender] | None = None,
 ) -> list[Row]:
     """Fit every system on the split's training events and score its test cases.
 
     The profiler's blend weights are tuned on a validation split of the training events
     (never on test users) when ``tune`` is true.
+
+    ``fitted``, when given, receives the fitted systems (the tuned profiler included).
 
     Returns
     -------
@@ -320,7 +331,7 @@ def evaluate(
     if validation is not None and not validation.cases:
         logger.warning("no validation users: default settings are used untuned")
         validation = None
-    fitted: list[Recommender] = []
+    fitted = [] if fitted is None else fitted
     for system in systems:
         if validation is not None and isinstance(system, ProfileRecommender):
             system = tune_profiler(system, corpus, validation)

@@ -30,9 +30,17 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from profiler.coldstart import BlendParams, ProfileRecommender, event_evidence, mmr
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
-from profiler.recommender import Corpus
+from profiler.profiles import (
+    ProfileBuilder,
+    ProfileConfig,
+    UserProfile,
+    load_profiles,
+    save_profiles,
+)
+from profiler.recommender import Corpus, Query
 from profiler.storage import atomic_path, read_json, save_npy, write_json
 from profiler.vectors import FaissIndex, VectorIndex, load_index
 
@@ -117,16 +125,29 @@ class Workspace:
         item_index: VectorIndex,
         event_vectors: np.ndarray,
         embedder: Embedder,
+        profiles: dict[str, UserProfile] | None = None,
+        profile_config: ProfileConfig | None = None,
+        user_index: VectorIndex | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.items = items
-        self.events = events
         self.item_index = item_index
-        self.event_vectors = event_vectors
         self.embedder = embedder
+        self.profile_config = profile_config or ProfileConfig()
+        self.profiles = profiles if profiles is not None else {}
+        self.user_index = user_index
         self._titles = dict(zip(items["item_id"], items["title"]))
+        self._categories = dict(zip(items["item_id"], items["category"].fillna("")))
+        self._set_events(events, event_vectors)
+
+    def _set_events(self, events: pd.DataFrame, event_vectors: np.ndarray) -> None:
+        self.events = events
+        self.event_vectors = event_vectors
         self._user_rows = events.groupby("user_id", sort=False).indices
+        self._text_rows = dict(zip(events["text"], events["text_row"]))
+        self._corpus: Corpus | None = None
+        self._recommender: ProfileRecommender | None = None
 
     # -- construction -------------------------------------------------------------------
 
@@ -226,11 +247,11 @@ class Workspace:
                     "events": events_loaded.report.file,
                 },
             }
+            ws = cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
+            ws._rebuild_profiles()
             _write_parquet(path / "items.parquet", items.frame)
-            _write_parquet(path / "events.parquet", event_frame)
-            save_npy(path / "event_vectors.npy", event_vectors)
             index.save(path, "items")
-            write_json(path / "manifest.json", manifest)
+            ws._save_state()
             logger.info(
                 "built %s: %d items, %d events, %d users",
                 path,
@@ -238,7 +259,7 @@ class Workspace:
                 len(event_frame),
                 manifest["counts"]["users"],
             )
-        return cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
+        return ws
 
     @classmethod
     def open(
@@ -298,7 +319,14 @@ class Workspace:
         items = pd.read_parquet(path / "items.parquet")
         events = pd.read_parquet(path / "events.parquet")
         event_vectors = np.load(path / "event_vectors.npy", allow_pickle=False)
-        return cls(path, manifest, items, events, index, event_vectors, embedder)
+        profiles, config, user_index = {}, None, None
+        if (path / "profiles.json").is_file():
+            profiles, config = load_profiles(path)
+            user_index = load_index(path, "users", model_id=built_with, dim=dim)
+        return cls(
+            path, manifest, items, events, index, event_vectors, embedder,
+            profiles, config, user_index,
+        )  # fmt: skip
 
     # -- queries ------------------------------------------------------------------------
 
@@ -309,8 +337,10 @@ class Workspace:
 
     def corpus(self) -> Corpus:
         """The catalogue, its vectors and all events, for recommenders and evaluation."""
+        if self._corpus is not None:
+            return self._corpus
         ids = self.items["item_id"].tolist()
-        return Corpus(
+        self._corpus = Corpus(
             item_ids=ids,
             item_vectors=self.item_index.get(ids),
             item_texts=[item_document(row) for row in self.items.to_dict(orient="records")],
@@ -318,6 +348,7 @@ class Workspace:
             events=self.events,
             text_vectors=self.event_vectors,
         )
+        return self._corpus
 
     def title(self, item_id: str) -> str:
         return self._titles[item_id]
@@ -344,17 +375,37 @@ class Workspace:
             raise KeyError(f"unknown user {user!r}")
         return self.events.iloc[rows]
 
+    @property
+    def recommender(self) -> ProfileRecommender:
+        """The profiler's recommender over this workspace (fitted on first use).
+
+        Blend weights come from ``models/recommender.json`` when ``profiler evaluate`` has
+        tuned them for this workspace, else from :class:`~profiler.coldstart.BlendParams`.
+        """
+        if self._recommender is None:
+            params = None
+            tuned = self.path / "models" / "recommender.json"
+            if tuned.is_file():
+                params = BlendParams(**read_json(tuned)["params"])
+            self._recommender = ProfileRecommender(self.profile_config, params).fit(
+                self.corpus(), profiles=self.profiles or None
+            )
+        return self._recommender
+
     def recommend(
         self,
         user: str | None = None,
         *,
         history: Sequence[str] | None = None,
         k: int = 10,
+        categories: Sequence[str] | None = None,
+        diversity: float = 0.0,
     ) -> Results:
         """Items for a known user, or for an anonymous shopper described by texts.
 
-        The profile is the normalised mean of the user's event-text vectors and the
-        vectors of the items they interacted with; those items are never recommended.
+        Scores blend the shopper's profile, her nearest users and popularity, shrinking
+        toward her own evidence as it grows (see :mod:`profiler.coldstart`). Items she
+        already interacted with are never recommended.
 
         Parameters
         ----------
@@ -364,28 +415,141 @@ class Workspace:
             Texts (searches, reviews) of an anonymous shopper.
         k : int
             Number of items.
+        categories : list of str, optional
+            Only items whose category starts with one of these (``"Dresses"`` keeps
+            ``"Dresses > Casual"``).
+        diversity : float
+            0 (default) ranks by score; up to 1 re-ranks by maximal marginal relevance.
         """
         if (user is None) == (history is None):
             raise ValueError("pass exactly one of user= or history=")
-        seen: set[str] = set()
+        if not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         if user is not None:
-            events = self.user_events(user)
-            rows = events["text_row"].to_numpy()
-            seen = set(events["item_id"][events["item_id"] != ""])
-            parts = [self.event_vectors[rows[rows >= 0]]]
-            if seen:
-                parts.append(self.item_index.get(sorted(seen)))
-            vectors = np.concatenate(parts)
+            query = Query(user, self.user_events(user))
         else:
             texts = [history] if isinstance(history, str) else list(history)
             texts = [t for t in texts if isinstance(t, str) and t.strip()]
             if not texts:
                 raise ValueError("history must hold at least one non-empty text")
-            vectors = self.embedder.encode(texts)
-        profile = vectors.mean(axis=0)
-        profile /= max(float(np.linalg.norm(profile)), 1e-12)
-        hits = self.item_index.search(profile, k, exclude=seen)
-        return self._results(hits.ids[0], hits.scores[0])
+            query = Query(None, self.events.iloc[:0], tuple(texts), self.embedder.encode(texts))
+        recommender = self.recommender
+        corpus = self.corpus()
+        scores = np.asarray(recommender.score(query), dtype=np.float64).copy()
+        scores[corpus.positions(query.seen)] = -np.inf
+        if categories:
+            prefixes = tuple(categories)
+            allowed = np.array([c.startswith(prefixes) for c in corpus.item_categories])
+            if not allowed.any():
+                raise ValueError(f"no item has a category starting with {list(prefixes)}")
+            scores[~allowed] = -np.inf
+        positions = mmr(scores, corpus.item_vectors, k, diversity)
+        return Results(
+            [corpus.item_ids[p] for p in positions],
+            scores[positions].astype(np.float32),
+            [self._titles[corpus.item_ids[p]] for p in positions],
+        )
+
+    def similar_users(self, user: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` users whose profile vectors are closest to ``user``'s."""
+        if user not in self.profiles:
+            raise KeyError(f"unknown user {user!r}")
+        if self.user_index is None or user not in self.user_index:
+            return []
+        hits = self.user_index.search(self.profiles[user].vector, k, exclude={user})
+        return [(u, float(s)) for u, s in zip(hits.ids[0], hits.scores[0]) if u is not None]
+
+    # -- incremental updates ------------------------------------------------------------
+
+    def add_events(self, events: str | os.PathLike[str] | pd.DataFrame) -> int:
+        """Validate and append events; affected profiles and the user index update.
+
+        Bad rows go to ``quarantine/events-added.jsonl``. The result equals rebuilding the
+        workspace with all events, without touching other users' profiles.
+
+        Returns
+        -------
+        int
+            Number of events added.
+        """
+        with _locked(self.path):
+            loaded = load_events(
+                events,
+                items=self.items["item_id"],
+                quarantine=self.path / "quarantine" / "events-added.jsonl",
+            )
+            new = loaded.frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+            if new.empty:
+                return 0
+            fresh = [t for t in pd.unique(new["text"]) if t and t not in self._text_rows]
+            vectors = self.event_vectors
+            if fresh:
+                vectors = np.concatenate([vectors, self.embedder.encode(fresh)])
+            rows = dict(self._text_rows)
+            rows.update({t: len(self.event_vectors) + i for i, t in enumerate(fresh)})
+            new["text_row"] = new["text"].map(rows).fillna(-1).astype(np.int64)
+            old_rows = self._user_rows
+            events = pd.concat([self.events, new], ignore_index=True)
+            self._set_events(events, vectors)
+            builder = ProfileBuilder(self.profile_config)
+            corpus = self.corpus()
+            for user, user_new in new.groupby("user_id", sort=False):
+                new_evidence = event_evidence(builder, user_new, corpus)
+                if user in self.profiles and user in old_rows:
+                    history = event_evidence(builder, events.iloc[old_rows[user]], corpus)
+                    profile = builder.update(self.profiles[user], new_evidence, history=history)
+                else:
+                    profile = builder.build(user, new_evidence)
+                self.profiles[user] = profile
+                self._index_user(profile)
+            self._save_state()
+            logger.info("added %d events for %d users", len(new), new["user_id"].nunique())
+            return len(new)
+
+    def feedback(
+        self, user: str, item_id: str, *, liked: bool, timestamp: float | None = None
+    ) -> None:
+        """Record a like or dislike of a (recommended) item: just another event."""
+        when = datetime.now(timezone.utc).timestamp() if timestamp is None else timestamp
+        event = {
+            "user_id": user,
+            "timestamp": when,
+            "kind": "like" if liked else "dislike",
+            "item_id": item_id,
+        }
+        if self.add_events(pd.DataFrame([event])) != 1:
+            raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
+
+    def _rebuild_profiles(self) -> None:
+        builder = ProfileBuilder(self.profile_config)
+        corpus = self.corpus()
+        self.profiles = {
+            user: builder.build(user, event_evidence(builder, self.events.iloc[rows], corpus))
+            for user, rows in self._user_rows.items()
+        }
+        dim = corpus.item_vectors.shape[1]
+        self.user_index = FaissIndex(dim, model_id=self.embedder.model_id)
+        for profile in self.profiles.values():
+            self._index_user(profile)
+
+    def _index_user(self, profile: UserProfile) -> None:
+        vector = profile.vector
+        if self.user_index is None or not np.any(vector):
+            return  # only negative evidence so far: nothing to be similar on
+        self.user_index.upsert([profile.user_id], vector[None, :])
+
+    def _save_state(self) -> None:
+        """Persist events, event vectors, profiles, user index; the manifest last."""
+        _write_parquet(self.path / "events.parquet", self.events)
+        save_npy(self.path / "event_vectors.npy", self.event_vectors)
+        save_profiles(self.path, self.profiles, self.profile_config)
+        if self.user_index is not None:
+            self.user_index.save(self.path, "users")
+        self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.manifest["counts"].update(
+            events=len(self.events), users=len(self._user_rows), profiles=len(self.profiles)
+        )
+        write_json(self.path / "manifest.json", self.manifest)
 
     def _results(self, ids: np.ndarray, scores: np.ndarray) -> Results:
         keep = np.array([i is not None for i in ids], dtype=bool)
