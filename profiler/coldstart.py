@@ -98,6 +98,7 @@ class Components(NamedTuple):
     negative: np.ndarray
     neighbours: np.ndarray
     own_dot_neighbours: np.ndarray
+    has_neighbours: np.ndarray
     votes: np.ndarray
     lexical: np.ndarray
 
@@ -227,6 +228,7 @@ class ProfileRecommender(Recommender):
             negative=negative,
             neighbours=items @ nbr_vector,
             own_dot_neighbours=np.asarray(float(own_vector @ nbr_vector)),
+            has_neighbours=np.asarray(float(np.any(nbr_vector))),
             votes=votes,
             lexical=lexical,
         )
@@ -236,8 +238,9 @@ class ProfileRecommender(Recommender):
         p = params or self.params_
         n = np.asarray(parts.n, dtype=np.float64)[..., None]
         dot = np.asarray(parts.own_dot_neighbours, dtype=np.float64)[..., None]
+        nbr = np.asarray(parts.has_neighbours, dtype=np.float64)[..., None]  # |p_nbrs|: 0 or 1
         alpha = n / (n + p.tau)
-        norm = np.sqrt(alpha**2 + (1 - alpha) ** 2 + 2 * alpha * (1 - alpha) * dot)
+        norm = np.sqrt(alpha**2 + nbr * (1 - alpha) ** 2 + 2 * alpha * (1 - alpha) * dot)
         score = (alpha * parts.own + (1 - alpha) * parts.neighbours) / np.maximum(norm, 1e-12)
         score = score + p.mu * parts.centre + p.lam * parts.lexical
         score = score - p.beta * np.maximum(parts.negative, 0.0)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import threadpoolctl
 
 from profiler import metrics
 from profiler.coldstart import ProfileRecommender
@@ -129,7 +130,12 @@ def leave_last_out(
             train_parts.append(group)
             continue
         cut = int(with_item[-1])
-        history, target = group.iloc[:cut], group.iloc[cut]
+        target = group.iloc[cut]
+        # Only strictly earlier events are history: a simultaneous one is not "before".
+        history = group.iloc[:cut][group["timestamp"].iloc[:cut] < target["timestamp"]]
+        if len(history) < min_history:
+            train_parts.append(history)
+            continue
         train_parts.append(history)
         targets = frozenset([target["item_id"]])
         cases.append(Case(Query(user, history), targets))
@@ -245,8 +251,11 @@ ALS_GRID: Sequence[dict] = (
 
 
 def validation_split(corpus: Corpus, split: Split, truncate: Sequence[int]) -> Split:
-    """Each training user's last event becomes a validation target: tuning never sees a
-    test user's test items."""
+    """The same kind of split carved from the training events alone, so tuning never sees
+    a test user's test items: text-only shoppers for a text split, else each training
+    user's last event."""
+    if split.name == "text-only":
+        return text_split(split.train, corpus.text_vectors, seed=1)
     return leave_last_out(split.train, corpus.text_vectors, truncate=truncate)
 
 
@@ -338,6 +347,11 @@ def evaluate(
         elif validation is not None and isinstance(system, ALSBaseline):
             system = tune_als(corpus, validation, system.seed)
         fitted.append(system.fit(train_corpus))
+    with threadpoolctl.threadpool_limits(1, "blas"):  # per-query work is matrix-vector sized
+        return _score_cases(corpus, split, fitted)
+
+
+def _score_cases(corpus: Corpus, split: Split, fitted: Sequence[Recommender]) -> list[Row]:
     rows = []
     for system in fitted:
         per_bucket: dict[str, list[dict]] = defaultdict(list)
