@@ -70,3 +70,19 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "missing.csv: no such file" in capsys.readouterr().err
     assert cli.main(["search", "--workspace", str(tmp_path / "none"), "jeans"]) == 2
     assert "no workspace here" in capsys.readouterr().err
+
+
+def test_evaluate_writes_report(workspace, capsys):
+    assert (
+        cli.main(["evaluate", "--workspace", str(workspace), "--split", "text", "--json", "-q"])
+        == 0
+    )
+    rows = json_lines(capsys.readouterr().out)
+    systems = {r["system"] for r in rows}
+    assert {"profiler", "popularity", "tfidf", "mean-embedding", "item-knn", "als"} <= systems
+    assert {r["bucket"] for r in rows} == {"0", "all"}
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+    for suffix in ("jsonl", "md", "png"):
+        assert (workspace / "reports" / f"evaluate-text.{suffix}").is_file()
+    tuned = json.loads((workspace / "models" / "recommender.json").read_text())
+    assert set(tuned["params"]) >= {"tau", "mu", "omega"}

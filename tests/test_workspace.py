@@ -106,3 +106,55 @@ def test_item_document_uses_all_text_fields():
         {"title": "Wool coat", "category": "Jackets", "brand": "", "description": "Warm"}
     )
     assert item_document(row) == "Wool coat. Category: Jackets. Warm"
+
+
+def test_profiles_and_user_index_persist(built, embedder):
+    assert set(built.profiles) == set(built.users)
+    assert len(built.user_index) == len(built.users)
+    reopened = profiler.open(built.path, embedder=embedder)
+    user = built.users[0]
+    assert np.allclose(reopened.profiles[user].pos_sum, built.profiles[user].pos_sum)
+    neighbours = reopened.similar_users(user, k=3)
+    assert len(neighbours) == 3 and user not in {u for u, _ in neighbours}
+
+
+def test_add_events_equals_rebuild(tmp_path, tiny_frames, embedder):
+    items, events = tiny_frames
+    early, late = events.iloc[:-6], events.iloc[-6:].copy()
+    late["user_id"] = [events["user_id"].iloc[0]] * 3 + ["newcomer"] * 3  # a known user + a new one
+    ws = Workspace.build(tmp_path / "inc", catalog=items, events=early, embedder=embedder)
+    assert ws.add_events(late) == 6
+    full = Workspace.build(
+        tmp_path / "full", catalog=items, events=pd.concat([early, late]), embedder=embedder
+    )
+    for user in (events["user_id"].iloc[0], "newcomer"):
+        a, b = ws.profiles[user], full.profiles[user]
+        assert a.n_events == b.n_events
+        assert np.allclose(a.pos_sum, b.pos_sum, atol=1e-5)
+        assert np.allclose(a.centres, b.centres, atol=1e-5)
+    reopened = Workspace.open(ws.path, embedder=embedder)
+    assert "newcomer" in reopened.user_index and len(reopened.events) == len(events)
+    assert reopened.recommend("newcomer", k=3).ids == full.recommend("newcomer", k=3).ids
+
+
+def test_feedback_dislike_is_negative_evidence(built):
+    user = built.users[1]
+    first = built.recommend(user, k=5).ids[0]
+    when = float(built.user_events(user)["timestamp"].max()) + 60
+    built.feedback(user, first, liked=False, timestamp=when)
+    assert built.profiles[user].has_negative
+    assert first not in built.recommend(user, k=20).ids  # seen now, and disliked
+    with pytest.raises(ValueError, match="rejected"):
+        built.feedback(user, "no-such-item", liked=True)
+
+
+def test_category_filter_and_diversity(built):
+    shown = built.recommend(history=["a warm winter coat"], k=5, categories=["Bottoms"])
+    assert all(category_of(built, i).startswith("Bottoms") for i in shown.ids)
+    plain = built.recommend(history=["denim jeans"], k=5)
+    diverse = built.recommend(history=["denim jeans"], k=5, diversity=0.9)
+    assert plain.ids[0] == diverse.ids[0] and plain.ids != diverse.ids
+    kinds = {category_of(built, i) for i in diverse.ids}
+    assert len(kinds) > len({category_of(built, i) for i in plain.ids})
+    with pytest.raises(ValueError, match="no item has a category"):
+        built.recommend(history=["jeans"], categories=["Garden"])
