@@ -295,18 +295,27 @@ def ranked_ndcg(scores: np.ndarray, targets: Sequence[np.ndarray], k: int) -> np
     """NDCG@k per row of a score matrix, with binary relevance at ``targets[row]``.
 
     A target's rank is the number of items scored strictly higher (ties favour the
-    target), which matches ranking the row and cutting at ``k``.
+    target), which matches ranking the row and cutting at ``k``. Rows are processed in
+    blocks with targets padded, so the comparison is one array operation per block.
     """
-    out = np.zeros(len(scores))
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    n_rows, n_items = scores.shape
+    counts = np.array([len(t) for t in targets])
+    width = max(int(counts.max(initial=0)), 1)
+    padded = np.zeros((n_rows, width), dtype=np.int64)
+    valid = np.arange(width)[None, :] < counts[:, None]
     for row, positions in enumerate(targets):
-        if not len(positions):
-            continue
-        target_scores = scores[row, positions]
-        ranks = (scores[row][None, :] > target_scores[:, None]).sum(axis=1)
-        ranks = ranks[np.isfinite(target_scores) & (ranks < k)]
-        ideal = discounts[: min(len(positions), k)].sum()
-        out[row] = discounts[ranks].sum() / ideal
+        padded[row, : len(positions)] = positions
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.clip(np.minimum(counts, k) - 1, 0, None)]
+    out = np.zeros(n_rows)
+    block = max(1, (1 << 24) // (width * n_items))
+    for lo in range(0, n_rows, block):
+        hi = min(lo + block, n_rows)
+        target_scores = np.take_along_axis(scores[lo:hi], padded[lo:hi], axis=1)
+        ranks = (scores[lo:hi, None, :] > target_scores[:, :, None]).sum(axis=2)
+        hit = valid[lo:hi] & np.isfinite(target_scores) & (ranks < k)
+        gains = np.where(hit, discounts[np.minimum(ranks, k - 1)], 0.0).sum(axis=1)
+        out[lo:hi] = np.where(counts[lo:hi] > 0, gains / ideal[lo:hi], 0.0)
     return out
 
 
