@@ -94,6 +94,35 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="one JSON line per system and bucket")
     _add_common(evaluate)
 
+    train = commands.add_parser("train-tags", help="fine-tune and calibrate the interest tagger")
+    train.add_argument("--workspace", required=True, type=Path)
+    train.add_argument("--data", type=Path, help="labelled file; default: the workspace's events")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--label-column", default="label", help="labels separated by '|'")
+    train.add_argument("--group-column", help="user column, so no user is in two splits")
+    train.add_argument("--level", default="top", help="category level for tags: top, leaf, full, N")
+    train.add_argument("--taxonomy", type=Path, help="JSON/YAML file of tags (name, description)")
+    train.add_argument("--model", help="base encoder: bundled name or local folder")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--json", action="store_true", help="one JSON line per system")
+    _add_common(train)
+
+    tags = commands.add_parser("tags", help="interest tags with confidence and evidence")
+    tags.add_argument("--workspace", required=True, type=Path)
+    source = tags.add_mutually_exclusive_group(required=True)
+    source.add_argument("--user", help="a user id in the workspace")
+    source.add_argument("--users", type=Path, help="file with one user id per line")
+    source.add_argument("--text", action="append", help="a text to tag (repeat)")
+    source.add_argument("--texts", type=Path, help="file with one text per line")
+    tags.add_argument("-k", "--top", type=int, default=5, help="tags per user or text")
+    tags.add_argument("--pin", action="append", default=[], help="with --user: always show TAG")
+    tags.add_argument("--remove", action="append", default=[], help="with --user: never show TAG")
+    tags.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_common(tags)
+
     demo = commands.add_parser("demo", help="build from the bundled data and show results")
     demo.add_argument("--workspace", type=Path, default=DEMO_WORKSPACE)
     demo.add_argument("-k", type=int, default=5)
@@ -250,9 +279,83 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_tags(args: argparse.Namespace) -> int:
+    from profiler.tags.training import report_table
+
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    level = int(args.level) if args.level.isdigit() else args.level
+    report = ws.train_tags(
+        data=args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        group_column=args.group_column,
+        level=level,
+        taxonomy=args.taxonomy,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    if args.json:
+        for row in report:
+            print(json.dumps(row))
+    else:
+        print(report_table(report))
+    logger.info("saved the tagger to %s", ws.tags_dir)
+    return 0
+
+
+def _print_tags(heading: str, tags: list) -> None:
+    print(heading)
+    for tag in tags:
+        mark = " (pinned)" if tag.pinned else ""
+        print(f"  {tag.confidence:5.2f}  {tag.tag}{mark}")
+        for evidence in tag.evidence[:2]:
+            print(f"         <- {evidence.kind} {evidence.snippet!r}")
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    if (args.pin or args.remove) and args.user is None:
+        raise ValueError("--pin and --remove need --user")
+    for tag in args.pin:
+        ws.pin_tag(args.user, tag)
+    for tag in args.remove:
+        ws.remove_tag(args.user, tag)
+    if args.text is not None or args.texts is not None:
+        texts = args.text if args.text is not None else _read_user_file(args.texts)
+        for text in texts:
+            tags = ws.tags(texts=[text], top=args.top)
+            if args.json:
+                record = {"user_id": None, "text": text, "tags": [t.to_dict() for t in tags]}
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                _print_tags(f"text: {text[:80]!r}", tags)
+        return 0
+    users = [args.user] if args.user is not None else _read_user_file(args.users)
+    status = 0
+    for number, user in enumerate(users, start=1):
+        try:
+            tags = ws.tags(user, top=args.top)
+        except KeyError:
+            where = f" ({args.users} line {number})" if args.users else ""
+            print(f"profiler: unknown user {user!r}{where}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            record = {"user_id": user, "tags": [t.to_dict() for t in tags]}
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            _print_tags(f"user: {user}", tags)
+    return status
+
+
 COMMANDS = {
     "build": cmd_build,
     "evaluate": cmd_evaluate,
+    "train-tags": cmd_train_tags,
+    "tags": cmd_tags,
     "search": cmd_search,
     "recommend": cmd_recommend,
     "demo": cmd_demo,

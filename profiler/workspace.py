@@ -141,6 +141,157 @@ class Workspace:
         self._categories = dict(zip(items["item_id"], items["category"].fillna("")))
         self._set_events(events, event_vectors)
 
+    # -- interest tags --------------------------------------------------------------------
+
+    @property
+    def tags_dir(self) -> Path:
+        return self.path / "models" / "tags"
+
+    def train_tags(
+        self,
+        *,
+        data: str | os.PathLike[str] | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        group_column: str | None = None,
+        level: str | int = "top",
+        taxonomy: str | os.PathLike[str] | None = None,
+        model: str | os.PathLike[str] | None = None,
+        epochs: int = 3,
+        batch_size: int = 32,
+        max_length: int = 128,
+        seed: int = 0,
+    ) -> list[dict]:
+        """Fine-tune and calibrate the tagger; evaluate it against zero-shot and TF-IDF + LR.
+
+        Without ``data`` it learns from the workspace: each review or search with an item
+        is labelled with the tag of that item's category (``level``: ``top``, ``leaf``,
+        ``full`` or a depth). ``data`` is a labelled file (labels separated by ``|``).
+        ``taxonomy`` is a JSON/YAML tag file; by default tags come from the catalogue's
+        categories (or from the labels of ``data``). Saves to ``models/tags/`` and returns
+        the evaluation rows.
+        """
+        from profiler.tags.taxonomy import Tag, Taxonomy
+        from profiler.tags.training import TaggingData, train_tags, workspace_tagging_data
+
+        if data is not None:
+            examples = TaggingData.from_file(
+                data, text_column=text_column, label_column=label_column, group_column=group_column
+            )
+        else:
+            examples = workspace_tagging_data(self.events, self.items, level)
+        if taxonomy is not None:
+            vocabulary = Taxonomy.from_file(taxonomy)
+        elif data is not None:
+            vocabulary = Taxonomy(
+                [Tag(n) for n in sorted({n for ns in examples.labels for n in ns})]
+            )
+        else:
+            vocabulary = Taxonomy.from_categories(self.items["category"].fillna(""), level=level)
+        with _locked(self.path):
+            _, report = train_tags(
+                examples,
+                vocabulary,
+                self.embedder,
+                output=self.tags_dir,
+                base_model=model,
+                epochs=epochs,
+                batch_size=batch_size,
+                max_length=max_length,
+                seed=seed,
+            )
+            write_json(
+                self.tags_dir / "tagging.json", {"level": level, "from_file": data is not None}
+            )
+        self._tag_model = None
+        return report
+
+    @property
+    def tag_model(self):
+        """The trained :class:`~profiler.tags.training.TagModel` (loaded on first use)."""
+        if getattr(self, "_tag_model", None) is None:
+            from profiler.tags.training import TagModel
+
+            if not (self.tags_dir / "zeroshot.json").is_file():
+                raise FileNotFoundError(
+                    f"{self.path}: no tag model yet; run "
+                    f"`profiler train-tags --workspace {self.path}`"
+                )
+            self._tag_model = TagModel.load(self.tags_dir, self.embedder)
+        return self._tag_model
+
+    def tag_overrides(self):
+        from profiler.tags.users import TagOverrides
+
+        return TagOverrides.load(self.tags_dir / "overrides.json")
+
+    def tags(
+        self,
+        user: str | None = None,
+        *,
+        texts: Sequence[str] | None = None,
+        top: int = 5,
+    ) -> list:
+        """Interest tags with confidence and evidence, for a user or for free texts.
+
+        A user's tags weigh her events like her profile does (a bad review lowers its
+        tags) and honour her pinned and removed tags.
+        """
+        from profiler.tags.taxonomy import category_tag
+        from profiler.tags.users import aggregate_tags
+
+        if (user is None) == (texts is None):
+            raise ValueError("pass exactly one of user= or texts=")
+        model = self.tag_model
+        names = model.taxonomy.names
+        if user is not None:
+            events = self.user_events(user)
+            builder = ProfileBuilder(self.profile_config)
+            evidence = event_evidence(builder, events, self.corpus())
+            weights = evidence.weights * builder._decay(
+                evidence.timestamps.max() - evidence.timestamps
+            )
+            overrides = self.tag_overrides()
+            pinned, removed = overrides.pinned(user), overrides.removed(user)
+        else:
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            texts = [t for t in texts if isinstance(t, str) and t.strip()]
+            if not texts:
+                raise ValueError("texts must hold at least one non-empty text")
+            events = pd.DataFrame(
+                {"kind": "search", "item_id": "", "timestamp": 0.0, "text": texts}
+            )
+            weights = np.ones(len(texts))
+            pinned, removed = [], []
+        probs = np.zeros((len(events), len(names)))
+        has_text = (events["text"] != "").to_numpy()
+        if has_text.any():
+            probs[has_text] = model.predict_proba(list(events["text"][has_text]))
+        level = read_json(self.tags_dir / "tagging.json").get("level", "top")
+        for row in np.flatnonzero(~has_text):
+            tag = category_tag(self._categories.get(events["item_id"].iloc[row], ""), level)
+            if tag in model.taxonomy:
+                probs[row, model.taxonomy.index(tag)] = 1.0
+        return aggregate_tags(
+            events, probs, weights, names, top=top, pinned=pinned, removed=removed
+        )
+
+    def pin_tag(self, user: str, tag: str) -> None:
+        """Always show ``tag`` for ``user`` and steer her recommendations toward it."""
+        self.user_events(user)
+        self.tag_model.taxonomy.index(tag)
+        overrides = self.tag_overrides()
+        overrides.pin(user, tag)
+        overrides.save()
+
+    def remove_tag(self, user: str, tag: str) -> None:
+        """Never show ``tag`` for ``user`` and keep its items out of her recommendations."""
+        self.user_events(user)
+        self.tag_model.taxonomy.index(tag)
+        overrides = self.tag_overrides()
+        overrides.remove(user, tag)
+        overrides.save()
+
     def _set_events(self, events: pd.DataFrame, event_vectors: np.ndarray) -> None:
         self.events = events
         self.event_vectors = event_vectors
@@ -425,8 +576,13 @@ class Workspace:
             raise ValueError("pass exactly one of user= or history=")
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        removed_tags: list[str] = []
         if user is not None:
             query = Query(user, self.user_events(user))
+            overrides = self.tag_overrides()
+            pinned, removed_tags = overrides.pinned(user), overrides.removed(user)
+            if pinned:  # a pinned tag is a standing search for it
+                query = Query(user, query.events, tuple(pinned), self.embedder.encode(pinned))
         else:
             texts = [history] if isinstance(history, str) else list(history)
             texts = [t for t in texts if isinstance(t, str) and t.strip()]
@@ -437,6 +593,12 @@ class Workspace:
         corpus = self.corpus()
         scores = np.asarray(recommender.score(query), dtype=np.float64).copy()
         scores[corpus.positions(query.seen)] = -np.inf
+        if removed_tags:
+            level = read_json(self.tags_dir / "tagging.json").get("level", "top")
+            from profiler.tags.taxonomy import category_tag
+
+            dropped = set(removed_tags)
+            scores[[category_tag(c, level) in dropped for c in corpus.item_categories]] = -np.inf
         if categories:
             prefixes = tuple(categories)
             allowed = np.array([c.startswith(prefixes) for c in corpus.item_categories])
