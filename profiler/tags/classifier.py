@@ -104,6 +104,7 @@ class TagClassifier:
         from transformers import (
             AutoModelForSequenceClassification,
             AutoTokenizer,
+            DataCollatorWithPadding,
             EarlyStoppingCallback,
             Trainer,
             TrainingArguments,
@@ -152,13 +153,13 @@ class TagClassifier:
                 data_seed=self.seed,
                 use_cpu=self.device == "cpu" or not torch.cuda.is_available(),
                 disable_tqdm=True,
-                save_safetensors=True,
             )
             trainer = Trainer(
                 model=self.model_,
                 args=args,
                 train_dataset=train_set,
                 eval_dataset=val_set,
+                data_collator=DataCollatorWithPadding(self.tokenizer_),
                 callbacks=[EarlyStoppingCallback(early_stopping_patience=self.patience)],
             )
             result = trainer.train()
