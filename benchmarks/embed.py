@@ -31,20 +31,18 @@ Results are printed as a table and written as JSON (default
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from machine import machine_facts
 
 import profiler
 from profiler.embedding import Embedder
@@ -61,38 +59,6 @@ TEXT_SETS = {
     "reviews": (DATA / "events.parquet", "text"),
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "embed.json"
-
-
-def machine_facts() -> dict:
-    """CPU, core count, library versions and date, for comparing runs across machines."""
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu_model = next(
-                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")),
-                cpu_model,
-            )
-    except OSError:
-        pass
-    versions = {}
-    for package in ("torch", "faiss-cpu", "numpy", "sentence-transformers", "transformers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    import faiss
-    import torch
-
-    versions["faiss"] = faiss.__version__
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def load_texts(name: str, n: int) -> list[str]:

@@ -30,19 +30,16 @@ Results are printed as a table and written as JSON (default
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import logging
-import os
-import platform
 import resource
 import sys
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from machine import machine_facts
 
 from profiler.storage import write_json
 from profiler.vectors import ExactIndex, FaissIndex, SearchResult, VectorIndex
@@ -55,40 +52,6 @@ N_CLUSTERS = 1000
 NOISE_NORM = 1.0  # noise as long as the centre: a point's cosine to its own centre is ~0.7
 GENERATE_CHUNK = 100_000  # rows drawn at a time, to bound the float32 temporaries
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "search.json"
-
-
-def machine_facts() -> dict:
-    """CPU, core count, library versions and date, for comparing runs across machines."""
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu_model = next(
-                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")),
-                cpu_model,
-            )
-    except OSError:
-        pass
-    versions = {}
-    for package in ("torch", "faiss-cpu", "numpy"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    import faiss
-    import torch
-
-    versions["faiss"] = faiss.__version__
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "faiss_compile_options": faiss.get_compile_options(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def clustered_vectors(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -282,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     "noise_norm": NOISE_NORM,
                 },
             },
-            "machine": machine_facts(),
+            "machine": machine_facts(("torch", "faiss-cpu", "numpy")),
             "results": rows,
         },
     )

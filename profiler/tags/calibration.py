@@ -65,7 +65,8 @@ def _require_keys(data: Mapping[str, Any], keys: tuple[str, ...], owner: str) ->
 
 
 class TemperatureScaler:
-    """One temperature ``T > 0`` for all tags: ``probs = sigmoid(logits / T)``.
+    """One temperature ``T > 0`` for all tags: ``probs = sigmoid(logits / T)``, or
+    ``softmax(logits / T)`` over the tags for a single-label classifier.
 
     ``fit`` minimises the mean binary cross-entropy of ``sigmoid(logits / T)`` against the
     targets over ``log T`` (a bounded 1-D search), so ``T > 1`` softens an overconfident
@@ -76,6 +77,9 @@ class TemperatureScaler:
     ----------
     init : float, default 1.0
         Centre of the search: ``T`` is sought in ``[init * e**-3, init * e**3]``.
+    activation : {"sigmoid", "softmax"}
+        ``sigmoid``: independent tags, binary cross-entropy. ``softmax``: exactly one tag
+        per row, cross-entropy over the tags (rows of ``logits``).
 
     Attributes
     ----------
@@ -91,8 +95,9 @@ class TemperatureScaler:
     #: Half-width of the search window on ``log T``.
     log_range = 3.0
 
-    def __init__(self, init: float = 1.0) -> None:
+    def __init__(self, init: float = 1.0, activation: str = "sigmoid") -> None:
         self.init = init
+        self.activation = activation
 
     def fit(self, logits: np.ndarray, targets: np.ndarray) -> TemperatureScaler:
         """Find the temperature that minimises binary cross-entropy on ``(logits, targets)``.
@@ -112,13 +117,25 @@ class TemperatureScaler:
         init = float(self.init)
         if not np.isfinite(init) or init <= 0:
             raise ValueError(f"init must be a positive finite temperature, got {self.init!r}")
+        if self.activation not in ("sigmoid", "softmax"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {self.activation!r}")
         z, y = _pair(logits, targets, "logits", binary=False)
-        z, y = z.ravel(), y.ravel()
+        if self.activation == "softmax":
+            if z.ndim != 2:
+                raise ValueError(f"softmax calibration needs 2-D logits, got shape {z.shape}")
 
-        def loss(log_t: float) -> float:
-            scaled = z * np.exp(-log_t)
-            # softplus(s) - y * s is BCE(sigmoid(s), y), without overflow for large |s|.
-            return float(np.mean(np.logaddexp(0.0, scaled) - y * scaled))
+            def loss(log_t: float) -> float:
+                scaled = z * np.exp(-log_t)
+                log_norm = np.logaddexp.reduce(scaled, axis=1, keepdims=True)
+                return float(np.mean(-(y * (scaled - log_norm)).sum(axis=1)))
+
+        else:
+            z, y = z.ravel(), y.ravel()
+
+            def loss(log_t: float) -> float:
+                scaled = z * np.exp(-log_t)
+                # softplus(s) - y * s is BCE(sigmoid(s), y), without overflow for large |s|.
+                return float(np.mean(np.logaddexp(0.0, scaled) - y * scaled))
 
         low, high = np.log(init) - self.log_range, np.log(init) + self.log_range
         result = minimize_scalar(loss, bounds=(low, high), method="bounded")
@@ -143,13 +160,22 @@ class TemperatureScaler:
         """Calibrated probabilities ``sigmoid(logits / temperature_)``, same shape as input."""
         if not hasattr(self, "temperature_"):
             raise NotFittedError("TemperatureScaler is not fitted: call fit(logits, targets)")
-        return expit(_finite(logits, "logits") / self.temperature_)
+        scaled = _finite(logits, "logits") / self.temperature_
+        if getattr(self, "activation", "sigmoid") == "softmax":
+            scaled = scaled - scaled.max(axis=-1, keepdims=True)
+            exp = np.exp(scaled)
+            return exp / exp.sum(axis=-1, keepdims=True)
+        return expit(scaled)
 
     def to_dict(self) -> dict[str, float]:
         """JSON-able parameters and learned state."""
         if not hasattr(self, "temperature_"):
             raise NotFittedError("TemperatureScaler is not fitted: nothing to save")
-        return {"init": float(self.init), "temperature": self.temperature_}
+        return {
+            "init": float(self.init),
+            "temperature": self.temperature_,
+            "activation": self.activation,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TemperatureScaler:
@@ -158,7 +184,9 @@ class TemperatureScaler:
         temperature = float(data["temperature"])
         if not np.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
-        scaler = cls(init=float(data.get("init", 1.0)))
+        scaler = cls(
+            init=float(data.get("init", 1.0)), activation=data.get("activation", "sigmoid")
+        )
         scaler.temperature_ = temperature
         return scaler
 

@@ -1,0 +1,199 @@
+"""Interest tags: taxonomy, aggregation with evidence, overrides, and the fine-tuned tagger."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler.tags import Tag, TagOverrides, Taxonomy, aggregate_tags, category_tag
+
+
+class TestTaxonomy:
+    def test_from_categories_levels(self):
+        cats = ["Tops > Knits", "Tops > Blouses", "Dresses > Dresses", "", "Tops > Knits"]
+        assert Taxonomy.from_categories(cats).names == ["Dresses", "Tops"]
+        assert Taxonomy.from_categories(cats, level="leaf").names == ["Blouses", "Dresses", "Knits"]
+        assert Taxonomy.from_categories(cats, level="leaf", min_count=2).names == ["Knits"]
+        assert category_tag("Tops>Knits", "full") == "Tops > Knits"
+        assert category_tag("A > B > C", 2) == "A > B"
+        with pytest.raises(ValueError, match="level"):
+            category_tag("A", "middle")
+
+    def test_encode_and_errors(self):
+        tax = Taxonomy([Tag("hiking"), Tag("baby", "toys and clothes for babies")])
+        assert tax.encode([["baby"], ["hiking", "baby"], []]).tolist() == [
+            [0, 1],
+            [1, 1],
+            [0, 0],
+        ]
+        with pytest.raises(KeyError, match="cooking"):
+            tax.encode([["cooking"]])
+        with pytest.raises(ValueError, match="duplicate"):
+            Taxonomy([Tag("a"), Tag("a")])
+        with pytest.raises(ValueError, match="at least one"):
+            Taxonomy([])
+
+    def test_files_round_trip(self, tmp_path):
+        (tmp_path / "tags.json").write_text(
+            json.dumps({"tags": [{"name": "running", "description": "shoes, watches"}, "yoga"]})
+        )
+        tax = Taxonomy.from_file(tmp_path / "tags.json")
+        assert tax.names == ["running", "yoga"] and tax.descriptions == ["shoes, watches", ""]
+        (tmp_path / "tags.yaml").write_text(
+            "- name: running\n  description: shoes, watches\n- yoga\n"
+        )
+        assert Taxonomy.from_file(tmp_path / "tags.yaml") == tax
+        tax.save(tmp_path / "saved.json")
+        assert Taxonomy.load(tmp_path / "saved.json") == tax
+        (tmp_path / "bad.json").write_text('{"tags": [42]}')
+        with pytest.raises(ValueError, match=r"bad\.json"):
+            Taxonomy.from_file(tmp_path / "bad.json")
+
+
+def events_frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "kind": ["review"] * n,
+            "item_id": [f"i{j}" for j in range(n)],
+            "timestamp": np.arange(n, dtype=float),
+            "text": [f"review number {j}" for j in range(n)],
+        }
+    )
+
+
+class TestAggregate:
+    NAMES = ("running", "yoga", "baby")
+
+    def test_weighted_mean_and_evidence(self):
+        probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.0, 0.1], [0.0, 0.2, 0.9]])
+        weights = np.array([1.0, 1.0, 0.5])
+        tags = aggregate_tags(events_frame(3), probs, weights, self.NAMES, top=2)
+        # running: (0.9 + 0.8) / 2.5 = 0.68; baby: (0.1 + 0.45) / 2.5 = 0.22; yoga 0.2/2.5=0.08
+        assert [t.tag for t in tags] == ["running", "baby"]
+        assert tags[0].confidence == pytest.approx(0.68)
+        assert tags[1].confidence == pytest.approx(0.22)
+        assert [e.event for e in tags[0].evidence] == [0, 1]
+        assert tags[0].evidence[0].snippet == "review number 0"
+
+    def test_negative_review_lowers_its_tag(self):
+        probs = np.array([[0.9, 0.0, 0.0], [0.9, 0.0, 0.0], [0.0, 0.0, 0.9]])
+        liked = aggregate_tags(events_frame(3), probs, np.array([1.0, 1.0, 1.0]), self.NAMES)
+        panned = aggregate_tags(events_frame(3), probs, np.array([1.0, -1.0, 1.0]), self.NAMES)
+        running = {t.tag: t.confidence for t in liked}["running"]
+        assert running == pytest.approx(0.6)
+        assert "running" not in {t.tag for t in panned}  # 0.9 - 0.9 = 0: below the floor
+
+    def test_pin_and_remove(self):
+        probs = np.array([[0.9, 0.0, 0.3]])
+        tags = aggregate_tags(
+            events_frame(1), probs, np.ones(1), self.NAMES, pinned=["yoga"], removed=["running"]
+        )
+        assert [(t.tag, t.pinned) for t in tags] == [("yoga", True), ("baby", False)]
+        with pytest.raises(ValueError, match="expected probs"):
+            aggregate_tags(events_frame(2), probs, np.ones(1), self.NAMES)
+
+    def test_overrides_persist(self, tmp_path):
+        overrides = TagOverrides.load(tmp_path / "overrides.json")
+        overrides.pin("u1", "yoga")
+        overrides.remove("u1", "running")
+        overrides.remove("u1", "yoga")  # removing a pinned tag unpins it
+        overrides.save()
+        again = TagOverrides.load(tmp_path / "overrides.json")
+        assert again.pinned("u1") == [] and again.removed("u1") == ["running", "yoga"]
+        assert again.pinned("someone-else") == []
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_frames, embedder):
+    """A tiny real workspace with a tagger fine-tuned on its reviews (class = tag)."""
+    from profiler.workspace import Workspace
+
+    items, events = tiny_frames
+    ws = Workspace.build(
+        tmp_path_factory.mktemp("tags") / "ws", catalog=items, events=events, embedder=embedder
+    )
+    report = ws.train_tags(level="leaf", epochs=6, batch_size=16, max_length=64, seed=0)
+    return ws, report
+
+
+def test_train_tags_learns_and_reports(trained):
+    ws, report = trained
+    by_system = {row["system"]: row for row in report}
+    assert set(by_system) == {"fine-tuned", "zero-shot", "tfidf-logreg"}
+    for row in report:
+        for metric in ("micro_f1", "macro_f1", "map", "ece", "top1_accuracy"):
+            assert 0.0 <= row[metric] <= 1.0
+    # 8 classes: chance top-1 is 0.125; the fine-tuned model has learned them
+    assert by_system["fine-tuned"]["top1_accuracy"] > 0.4
+    history = [h for h in ws.tag_model.classifier.history_ if "eval_loss" in h]
+    assert history[-1]["eval_loss"] < history[0]["eval_loss"]
+    for name in ("model.safetensors", "taxonomy.json", "thresholds.json", "zeroshot.json"):
+        assert (ws.tags_dir / name).is_file(), name
+
+
+def test_saved_tagger_reloads_identically(trained):
+    from profiler.tags.classifier import TagClassifier
+
+    ws, _ = trained
+    texts = ["these jeans are so comfortable", "the swimsuit top runs small"]
+    before = ws.tag_model.classifier.predict_proba(texts)
+    after = TagClassifier.load(ws.tags_dir, device="cpu").predict_proba(texts)
+    np.testing.assert_allclose(before, after, atol=1e-5)
+
+
+def test_user_tags_with_evidence_and_overrides(trained):
+    ws, _ = trained
+    user = ws.users[0]
+    tags = ws.tags(user, top=3)
+    assert tags and all(0.0 <= t.confidence <= 1.0 for t in tags)
+    assert [t.confidence for t in tags] == sorted((t.confidence for t in tags), reverse=True)
+    own_items = set(ws.user_events(user)["item_id"])
+    assert {e.item_id for e in tags[0].evidence} <= own_items
+    text_tags = ws.tags(texts=["a bikini for the beach"], top=2)
+    assert text_tags[0].tag == "Swim"
+
+    top = tags[0].tag
+    ws.remove_tag(user, top)
+    assert top not in {t.tag for t in ws.tags(user)}
+    shown = ws.recommend(user, k=10)
+    categories = dict(zip(ws.items["item_id"], ws.items["category"]))
+    assert not any(categories[i].endswith(top) for i in shown.ids)
+    ws.pin_tag(user, "Sleep")
+    pinned = ws.tags(user)
+    assert pinned[0].tag == "Sleep" and pinned[0].pinned
+    with pytest.raises(KeyError, match="Gardening"):
+        ws.pin_tag(user, "Gardening")
+
+
+def test_tags_cli_json(trained, capsys):
+    from profiler import cli
+
+    ws, _ = trained
+    user = ws.users[1]
+    assert cli.main(["tags", "--workspace", str(ws.path), "--user", user, "--json", "-q"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["user_id"] == user and record["tags"]
+    assert set(record["tags"][0]) == {"tag", "confidence", "pinned", "evidence"}
+    code = cli.main(
+        ["tags", "--workspace", str(ws.path), "--text", "wool sweater", "--text", "jeans", "--json"]
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [line["user_id"] for line in lines] == [None, None]
+    assert cli.main(["tags", "--workspace", str(ws.path), "--text", "x", "--pin", "Swim"]) == 2
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_bundled_data_beats_tfidf(tmp_path, embedder):
+    """The real fine-tuning: bundled reviews -> product class, against TF-IDF + LR."""
+    from profiler.data import clothing_catalog, clothing_events
+    from profiler.workspace import Workspace
+
+    ws = Workspace.build(
+        tmp_path / "ws", catalog=clothing_catalog(), events=clothing_events(), embedder=embedder
+    )
+    report = {row["system"]: row for row in ws.train_tags(level="leaf", epochs=4)}
+    assert report["fine-tuned"]["macro_f1"] > report["tfidf-logreg"]["macro_f1"]
+    assert report["fine-tuned"]["top1_ece"] <= 0.1
