@@ -5,7 +5,8 @@ transformers/sentence-transformers folder works) with a fresh classification hea
 fine-tunes the whole network with the ``transformers`` ``Trainer``: binary cross-entropy
 per tag for multi-label data, softmax cross-entropy when every text has exactly one tag
 (it learns far faster and still ranks all tags), evaluation every epoch, early stopping
-on validation loss, the best epoch kept, a fixed seed. The same code runs on CPU and GPU (the Trainer picks the device).
+on validation loss, the best epoch kept, a fixed seed. The same code runs on CPU and GPU
+(the Trainer picks the device).
 
 After training, a temperature is fitted on the validation logits so that probabilities
 are calibrated, and a per-tag threshold that maximises each tag's F1 on validation.
