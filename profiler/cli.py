@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--learning-rate", type=float, default=1e-4)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="one JSON line per system")
     _add_common(train)
@@ -295,6 +296,7 @@ def cmd_train_tags(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         max_length=args.max_length,
+        learning_rate=args.learning_rate,
         seed=args.seed,
     )
     if args.json:

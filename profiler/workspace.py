@@ -160,6 +160,7 @@ class Workspace:
         epochs: int = 3,
         batch_size: int = 32,
         max_length: int = 128,
+        learning_rate: float = 1e-4,
         seed: int = 0,
     ) -> list[dict]:
         """Fine-tune and calibrate the tagger; evaluate it against zero-shot and TF-IDF + LR.
@@ -198,6 +199,7 @@ class Workspace:
                 epochs=epochs,
                 batch_size=batch_size,
                 max_length=max_length,
+                learning_rate=learning_rate,
                 seed=seed,
             )
             write_json(

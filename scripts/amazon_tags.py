@@ -1,8 +1,9 @@
 """Interest tags on the Amazon Reviews 2023 development split: review text -> category.
 
-Every history review is labelled with the category its shopper was sampled from (24
-categories). Shoppers are split by user id (train / validation / test; a shopper never
-straddles two sides). The script fine-tunes the tagger, reports the fine-tuned classifier,
+Every history review, read together with the title of the product it is about (what the
+event says), is labelled with the category its shopper was sampled from (24 categories).
+Shoppers are split by user id (train / validation / test; a shopper never straddles two
+sides). The script fine-tunes the tagger, reports the fine-tuned classifier,
 the zero-shot tagger and TF-IDF + logistic regression on the test reviews, and then the
 per-shopper check: for each test (shopper, category) row, aggregate the tags of her four
 history reviews (weighted by rating like her profile) and compare the top-1 tag with
@@ -33,11 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amazon2023 import DEFAULT_SOURCE, _review_text
 
 
+def _event_text(review: dict) -> str:
+    """The product's title, then the review: the event as a tagger sees it."""
+    title = ((review.get("product") or {}).get("title") or "").strip()
+    text = _review_text(review)
+    return f"{title}. {text}" if title and text else title or text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--out", type=Path, default=Path("index/amazon2023-tags"))
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, labels, groups, row_of = [], [], [], []
     for number, row in enumerate(rows):
         for review in row["history"]:
-            text = _review_text(review)
+            text = _event_text(review)
             if text:
                 texts.append(text)
                 labels.append([row["category"]])
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kind": "review",
                 "item_id": [r["parent_asin"] for r in row["history"]],
                 "timestamp": [r["timestamp_ms"] / 1000 for r in row["history"]],
-                "text": [_review_text(r) for r in row["history"]],
+                "text": [_event_text(r) for r in row["history"]],
                 "rating": [r["rating"] for r in row["history"]],
             }
         )

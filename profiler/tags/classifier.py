@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from transformers import TrainerCallback
 
 from profiler.embedding import resolve_model
 from profiler.storage import read_json, write_json
@@ -43,6 +44,15 @@ def _check_targets(texts: Sequence[str], targets: np.ndarray, n_tags: int, what:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{what}: text at position {position} is empty or not a str")
     return targets
+
+
+class _LogCallback(TrainerCallback):
+    """Send the Trainer's per-epoch losses to logging instead of stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            shown = {k: round(v, 4) for k, v in logs.items() if isinstance(v, float)}
+            logger.info("epoch %.1f: %s", state.epoch or 0.0, shown)
 
 
 class TagClassifier:
@@ -108,6 +118,7 @@ class TagClassifier:
             AutoTokenizer,
             DataCollatorWithPadding,
             EarlyStoppingCallback,
+            PrinterCallback,
             Trainer,
             TrainingArguments,
             set_seed,
@@ -173,6 +184,8 @@ class TagClassifier:
                 data_collator=DataCollatorWithPadding(self.tokenizer_),
                 callbacks=[EarlyStoppingCallback(early_stopping_patience=self.patience)],
             )
+            trainer.remove_callback(PrinterCallback)  # results go to stdout; logs to logging
+            trainer.add_callback(_LogCallback())
             result = trainer.train()
             self.history_ = [
                 {k: v for k, v in row.items() if isinstance(v, (int, float))}
@@ -257,6 +270,7 @@ class TagClassifier:
                 "epochs_trained": self.epochs_trained_,
                 "seed": self.seed,
                 "single_label": self.single_label_,
+                "history": self.history_,
             },
         )
 
@@ -282,6 +296,7 @@ class TagClassifier:
         classifier.base_model_id_ = meta["base_model"]
         classifier.epochs_trained_ = meta["epochs_trained"]
         classifier.single_label_ = bool(meta.get("single_label", False))
+        classifier.history_ = list(meta.get("history", []))
         if classifier.model_.config.num_labels != len(classifier.taxonomy_):
             raise ValueError(
                 f"{directory}: model has {classifier.model_.config.num_labels} outputs but the "

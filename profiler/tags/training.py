@@ -199,6 +199,7 @@ def train_tags(
     epochs: int = 3,
     batch_size: int = 32,
     max_length: int = 128,
+    learning_rate: float = 1e-4,
     seed: int = 0,
     device: str | None = None,
 ) -> tuple[TagModel, list[dict]]:
@@ -240,6 +241,7 @@ def train_tags(
         epochs=epochs,
         batch_size=batch_size,
         max_length=max_length,
+        learning_rate=learning_rate,
         seed=seed,
         device=device,
     ).fit(list(texts[train]), targets[train], taxonomy, validation=(list(texts[val]), targets[val]))
