@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -23,4 +22,4 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert os.path.isfile(tmp_path / "ws" / "manifest.json")
+    assert list((tmp_path / "ws").rglob("manifest.json")), "the notebook built no workspace"

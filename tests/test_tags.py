@@ -197,5 +197,9 @@ def test_fine_tuning_on_bundled_data_beats_tfidf(tmp_path, embedder):
         tmp_path / "ws", catalog=clothing_catalog(), events=clothing_events(), embedder=embedder
     )
     report = {row["system"]: row for row in ws.train_tags(level="leaf", epochs=4)}
-    assert report["fine-tuned"]["macro_f1"] > report["tfidf-logreg"]["macro_f1"]
-    assert report["fine-tuned"]["top1_ece"] <= 0.1
+    tuned, tfidf = report["fine-tuned"], report["tfidf-logreg"]
+    # measured: micro-F1 0.674 vs 0.601, macro-F1 0.489 vs 0.478, ECE 0.007
+    assert tuned["micro_f1"] > tfidf["micro_f1"] + 0.03
+    assert tuned["macro_f1"] > tfidf["macro_f1"]
+    assert tuned["ece"] <= 0.05 and tuned["ece"] < tfidf["ece"]
+    assert tuned["micro_f1"] > report["zero-shot"]["micro_f1"]
