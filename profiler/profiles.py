@@ -227,7 +227,8 @@ class ProfileBuilder:
         weights[~(has_item | has_text)] = 0.0
         return Evidence(vectors, weights, events["timestamp"].to_numpy(dtype=np.float64))
 
-    def _decay(self, age_seconds: np.ndarray | float) -> np.ndarray | float:
+    def decay(self, age_seconds: np.ndarray | float) -> np.ndarray | float:
+        """Weight multiplier for evidence ``age_seconds`` older than the latest event."""
         if self.config.half_life_days is None:
             return np.ones_like(age_seconds) if isinstance(age_seconds, np.ndarray) else 1.0
         return 0.5 ** (np.asarray(age_seconds) / (self.config.half_life_days * SECONDS_PER_DAY))
@@ -262,8 +263,8 @@ class ProfileBuilder:
         if not len(new):
             return profile
         last = max(profile.last_timestamp, float(new.timestamps.max()))
-        rescale = self._decay(last - profile.last_timestamp) if profile.n_events else 1.0
-        weights = new.weights * self._decay(last - new.timestamps)
+        rescale = self.decay(last - profile.last_timestamp) if profile.n_events else 1.0
+        weights = new.weights * self.decay(last - new.timestamps)
         pos = np.maximum(weights, 0.0) - self.config.negative_push * np.maximum(-weights, 0.0)
         neg = np.maximum(-weights, 0.0)
         pos_sum = profile.pos_sum * rescale + pos @ new.vectors.astype(np.float64)
@@ -279,7 +280,7 @@ class ProfileBuilder:
         )
         if history is not None:
             everything = history.concat(new)
-            decayed = everything.weights * self._decay(last - everything.timestamps)
+            decayed = everything.weights * self.decay(last - everything.timestamps)
             centres, centre_weights = self.centres(everything.vectors, decayed)
         else:
             centres, centre_weights = self._join_centres(profile, updated, new, weights, rescale)

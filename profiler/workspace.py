@@ -250,7 +250,7 @@ class Workspace:
             events = self.user_events(user)
             builder = ProfileBuilder(self.profile_config)
             evidence = event_evidence(builder, events, self.corpus())
-            weights = evidence.weights * builder._decay(
+            weights = evidence.weights * builder.decay(
                 evidence.timestamps.max() - evidence.timestamps
             )
             overrides = self.tag_overrides()
