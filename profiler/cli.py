@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from profiler.coldstart import ProfileRecommender
@@ -199,17 +199,24 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         results = ws.recommend(history=args.history, **options)
         _emit(args, "user_id", None, "anonymous shopper", results)
         return 0
+    return _for_each_user(
+        args,
+        lambda user: _emit(args, "user_id", user, f"user: {user}", ws.recommend(user, **options)),
+    )
+
+
+def _for_each_user(args: argparse.Namespace, serve: Callable[[str], None]) -> int:
+    """Serve ``--user`` or every id in ``--users``; unknown ids are reported on stderr with
+    their line number and the rest still served (exit status 1)."""
     users = [args.user] if args.user is not None else _read_user_file(args.users)
     status = 0
     for number, user in enumerate(users, start=1):
         try:
-            results = ws.recommend(user, **options)
+            serve(user)
         except KeyError:
             where = f" ({args.users} line {number})" if args.users else ""
             print(f"profiler: unknown user {user!r}{where}", file=sys.stderr)
             status = 1
-            continue
-        _emit(args, "user_id", user, f"user: {user}", results)
     return status
 
 
@@ -335,22 +342,16 @@ def cmd_tags(args: argparse.Namespace) -> int:
             else:
                 _print_tags(f"text: {text[:80]!r}", tags)
         return 0
-    users = [args.user] if args.user is not None else _read_user_file(args.users)
-    status = 0
-    for number, user in enumerate(users, start=1):
-        try:
-            tags = ws.tags(user, top=args.top)
-        except KeyError:
-            where = f" ({args.users} line {number})" if args.users else ""
-            print(f"profiler: unknown user {user!r}{where}", file=sys.stderr)
-            status = 1
-            continue
+
+    def serve(user: str) -> None:
+        tags = ws.tags(user, top=args.top)
         if args.json:
             record = {"user_id": user, "tags": [t.to_dict() for t in tags]}
             print(json.dumps(record, ensure_ascii=False))
         else:
             _print_tags(f"user: {user}", tags)
-    return status
+
+    return _for_each_user(args, serve)
 
 
 COMMANDS = {

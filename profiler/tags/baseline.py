@@ -14,19 +14,11 @@ import numpy as np
 from scipy.special import expit
 from sklearn.exceptions import NotFittedError
 
+from profiler.tags.zeroshot import check_texts
+
 __all__ = ["TfidfLogisticTagger"]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise ValueError(f"texts must be a list of str, not a single {type(texts).__name__}")
-    texts = list(texts)
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"texts[{position}] is {type(text).__name__}, not str: {text!r}")
-    return texts
 
 
 class TfidfLogisticTagger:
@@ -87,7 +79,7 @@ class TfidfLogisticTagger:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        batch = _check_texts(texts)
+        batch = check_texts(texts)
         labels = np.asarray(targets, dtype=np.float64)
         if labels.ndim != 2 or labels.shape[0] != len(batch):
             raise ValueError(
@@ -151,7 +143,7 @@ class TfidfLogisticTagger:
         """
         if not hasattr(self, "vectorizer_"):
             raise NotFittedError("TfidfLogisticTagger is not fitted: call fit(texts, targets)")
-        batch = _check_texts(texts)
+        batch = check_texts(texts)
         if not batch:
             return np.empty((0, len(self.intercept_)))
         logits = np.asarray(self.vectorizer_.transform(batch) @ self.coef_.T) + self.intercept_

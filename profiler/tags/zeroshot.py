@@ -31,7 +31,8 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def _check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
+def check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
+    """``texts`` as a list, after checking it is a sequence of str (not one str)."""
     if isinstance(texts, (str, bytes)):
         raise ValueError(f"{name} must be a list of str, not a single {type(texts).__name__}")
     texts = list(texts)
@@ -87,7 +88,7 @@ class ZeroShotTagger:
         self.template = template
 
     def _tag_texts(self) -> list[str]:
-        names = _check_texts(self.names, "names")
+        names = check_texts(self.names, "names")
         if not names:
             raise ValueError("names is empty: a taxonomy needs at least one tag")
         duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
@@ -132,7 +133,7 @@ class ZeroShotTagger:
             raise ValueError("pass exactly one of texts (raw str) or vectors (embedded rows)")
         tags = self._ensure_tag_vectors()
         if texts is not None:
-            batch = _check_texts(texts)
+            batch = check_texts(texts)
             if not batch:
                 return np.empty((0, tags.shape[1]), dtype=np.float32)
             vectors = self.embedder.encode(batch)
