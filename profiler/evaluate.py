@@ -34,7 +34,7 @@ from profiler import metrics
 from profiler.coldstart import ProfileRecommender
 from profiler.profiles import ProfileConfig
 from profiler.recommender import Corpus, Query, Recommender
-from profiler.storage import write_text
+from profiler.storage import atomic_path, write_text
 
 __all__ = [
     "BUCKETS",
@@ -427,8 +427,6 @@ def _bar_chart(rows: Sequence[Row], path: Path, title: str) -> None:
         raise ImportError(
             "the bar chart needs matplotlib: pip install 'interest-profiler[notebooks]'"
         ) from exc
-    from profiler.storage import atomic_path
-
     buckets = [b for b in [*BUCKETS, "all"] if any(r.bucket == b for r in rows)]
     systems = list(dict.fromkeys(r.system for r in rows))
     value = {(r.system, r.bucket): r.values["ndcg@10"] for r in rows}

@@ -137,6 +137,9 @@ class Workspace:
         self.profile_config = profile_config or ProfileConfig()
         self.profiles = profiles if profiles is not None else {}
         self.user_index = user_index
+        self._tag_model = None
+        self._tag_level: str | int | None = None
+        self._overrides = None
         self._titles = dict(zip(items["item_id"], items["title"]))
         self._categories = dict(zip(items["item_id"], items["category"].fillna("")))
         self._set_events(events, event_vectors)
@@ -206,12 +209,13 @@ class Workspace:
                 self.tags_dir / "tagging.json", {"level": level, "from_file": data is not None}
             )
         self._tag_model = None
+        self._tag_level = None
         return report
 
     @property
     def tag_model(self):
         """The trained :class:`~profiler.tags.training.TagModel` (loaded on first use)."""
-        if getattr(self, "_tag_model", None) is None:
+        if self._tag_model is None:
             from profiler.tags.training import TagModel
 
             if not (self.tags_dir / "zeroshot.json").is_file():
@@ -223,9 +227,20 @@ class Workspace:
         return self._tag_model
 
     def tag_overrides(self):
-        from profiler.tags.users import TagOverrides
+        """Pinned and removed tags per user, read once per opened workspace: ``recommend``
+        consults them on every call."""
+        if self._overrides is None:
+            from profiler.tags.users import TagOverrides
 
-        return TagOverrides.load(self.tags_dir / "overrides.json")
+            self._overrides = TagOverrides.load(self.tags_dir / "overrides.json")
+        return self._overrides
+
+    @property
+    def tag_level(self) -> str | int:
+        """The category level the tagger was trained at (``tagging.json``, read once)."""
+        if self._tag_level is None:
+            self._tag_level = read_json(self.tags_dir / "tagging.json").get("level", "top")
+        return self._tag_level
 
     def tags(
         self,
@@ -269,7 +284,7 @@ class Workspace:
         has_text = (events["text"] != "").to_numpy()
         if has_text.any():
             probs[has_text] = model.predict_proba(list(events["text"][has_text]))
-        level = read_json(self.tags_dir / "tagging.json").get("level", "top")
+        level = self.tag_level
         for row in np.flatnonzero(~has_text):
             tag = category_tag(self._categories.get(events["item_id"].iloc[row], ""), level)
             if tag in model.taxonomy:
@@ -596,10 +611,9 @@ class Workspace:
         scores = np.asarray(recommender.score(query), dtype=np.float64).copy()
         scores[corpus.positions(query.seen)] = -np.inf
         if removed_tags:
-            level = read_json(self.tags_dir / "tagging.json").get("level", "top")
             from profiler.tags.taxonomy import category_tag
 
-            dropped = set(removed_tags)
+            dropped, level = set(removed_tags), self.tag_level
             scores[[category_tag(c, level) in dropped for c in corpus.item_categories]] = -np.inf
         if categories:
             prefixes = tuple(categories)
