@@ -7,6 +7,12 @@ Vectors are float32 ``[n, d]`` and L2-normalised by contract, so the inner produ
 cosine. Ids are the caller's strings; :class:`IdMap` turns them into the int64 labels that
 FAISS stores and back. Results are padded with ``None`` ids and ``-inf`` scores when fewer
 than ``k`` items exist.
+
+:class:`FaissIndex` picks its structure by size (``factory="auto"``): exact ``Flat`` search
+below :data:`ANN_THRESHOLD` vectors, an inverted-file index (IVF) above it, trained on a
+seeded sample of the stored vectors, with ``nprobe`` tuned so that recall@10 against exact
+search reaches ``target_recall``. The switch happens in :meth:`FaissIndex.optimize`, which
+:meth:`FaissIndex.save` calls when the structure no longer fits the size.
 """
 
 from __future__ import annotations
@@ -21,11 +27,38 @@ import numpy as np
 
 from profiler.storage import atomic_path, read_json, save_npy, write_json
 
-__all__ = ["ExactIndex", "FaissIndex", "IdMap", "SearchResult", "VectorIndex", "load_index"]
+__all__ = [
+    "ANN_THRESHOLD",
+    "ExactIndex",
+    "FaissIndex",
+    "IdMap",
+    "SearchResult",
+    "VectorIndex",
+    "faiss_gpus",
+    "ivf_lists",
+    "load_index",
+]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+
+#: Size from which ``FaissIndex(factory="auto")`` builds an IVF index instead of exact
+#: ``Flat``. Measured with ``benchmarks/search_threshold.py`` (384-d, one thread, batches of
+#: 1000 queries, k=10): exact ``Flat`` search falls below 1,000 queries/s between 150k and
+#: 200k vectors; below that exact search is fast enough and has no recall loss.
+ANN_THRESHOLD = 150_000
+#: Recall@10 against exact search that ``nprobe`` is tuned for.
+TARGET_RECALL = 0.95
+#: Tuning aims this much above the target: stored vectors as queries (each excluding
+#: itself) overestimate recall for unseen queries (measured on the bundled data's real
+#: embeddings: 0.951 on tuning queries but 0.938-0.950 on held-out real texts, and 0.960
+#: against 0.946 with a 0.01 margin; see ``benchmarks/search.py``).
+TUNE_MARGIN = 0.02
+#: Held-out queries (the index's own vectors, each excluding itself) used to tune ``nprobe``.
+TUNE_QUERIES = 1000
+#: Training points per IVF list; FAISS warns below 39.
+TRAIN_PER_LIST = 40
 
 
 class SearchResult(NamedTuple):
@@ -138,6 +171,7 @@ class VectorIndex(ABC):
         self.dim = int(dim)
         self.model_id = model_id
         self._id_map = IdMap()
+        self._read_only = False
 
     # -- public API ---------------------------------------------------------------------
 
@@ -154,6 +188,7 @@ class VectorIndex(ABC):
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add new vectors; raise ``ValueError`` for ids already present or duplicated."""
+        self._check_writable()
         ids = self._check_ids(ids)
         vectors = self._check_vectors(vectors, len(ids))
         if ids:
@@ -161,6 +196,7 @@ class VectorIndex(ABC):
 
     def update(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Replace the vectors of existing ids; raise ``KeyError`` for unknown ids."""
+        self._check_writable()
         ids = self._check_ids(ids)
         vectors = self._check_vectors(vectors, len(ids))
         if ids:
@@ -178,6 +214,7 @@ class VectorIndex(ABC):
 
     def remove(self, ids: Iterable[str]) -> None:
         """Remove ids; raise ``KeyError`` naming the first unknown one (nothing is removed)."""
+        self._check_writable()
         ids = self._check_ids(list(ids))
         self._id_map.labels(ids)  # validate all before changing anything
         if ids:
@@ -264,11 +301,15 @@ class VectorIndex(ABC):
         *,
         model_id: str | None = None,
         dim: int | None = None,
+        mmap: bool = False,
     ) -> VectorIndex:
         """Load an index saved with :meth:`save`.
 
         ``model_id`` and ``dim``, when given, must match what the index was built with,
-        else ``ValueError`` says which model built it.
+        else ``ValueError`` says which model built it. With ``mmap=True`` the vectors are
+        memory-mapped from the file instead of read into memory (the OS pages them in on
+        demand and shares them between processes); such an index is read-only, and
+        ``add``/``update``/``remove`` raise ``ValueError``.
         """
         directory = Path(directory)
         manifest = read_json(directory / f"{name}.json")
@@ -296,7 +337,8 @@ class VectorIndex(ABC):
             np.load(directory / f"{name}.labels.npy", allow_pickle=False),
             manifest["next_label"],
         )
-        index._load_vectors(directory / f"{name}.{backend.vector_suffix}", index._id_map)
+        index._load_vectors(directory / f"{name}.{backend.vector_suffix}", index._id_map, mmap=mmap)
+        index._read_only = mmap
         if len(index) != manifest["count"]:
             raise ValueError(
                 f"{directory / name}: manifest says {manifest['count']} vectors, "
@@ -305,6 +347,13 @@ class VectorIndex(ABC):
         return index
 
     # -- validation ---------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise ValueError(
+                "this index was loaded with mmap=True and is read-only; "
+                "load it without mmap to change it"
+            )
 
     def _check_ids(self, ids: Sequence[str]) -> list[str]:
         if isinstance(ids, str):
@@ -369,7 +418,7 @@ class VectorIndex(ABC):
     def _save_vectors(self, path: Path) -> None: ...
 
     @abstractmethod
-    def _load_vectors(self, path: Path, id_map: IdMap) -> None: ...
+    def _load_vectors(self, path: Path, id_map: IdMap, *, mmap: bool = False) -> None: ...
 
 
 class ExactIndex(VectorIndex):
@@ -425,18 +474,43 @@ class ExactIndex(VectorIndex):
         order = np.argsort(self._labels)
         save_npy(path, self._vectors[order])
 
-    def _load_vectors(self, path: Path, id_map: IdMap) -> None:
-        vectors = np.load(path, allow_pickle=False)
+    def _load_vectors(self, path: Path, id_map: IdMap, *, mmap: bool = False) -> None:
+        vectors = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         _, labels = id_map.to_arrays()
         if vectors.shape != (len(labels), self.dim):
             raise ValueError(f"{path}: expected ({len(labels)}, {self.dim}), got {vectors.shape}")
-        self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._vectors = vectors if mmap else np.ascontiguousarray(vectors, dtype=np.float32)
         self._labels = labels
         self._row = {label: row for row, label in enumerate(labels.tolist())}
 
 
+def ivf_lists(n: int) -> int:
+    """IVF list count for ``n`` vectors: the power of two nearest ``4 * sqrt(n)``, kept to at
+    most ``n / 16`` so every list gets a few training points (1M -> 4096, 150k -> 2048)."""
+    target = 4.0 * np.sqrt(max(n, 1))
+    nlist = 1 << max(0, round(np.log2(target)))
+    while nlist > 1 and nlist * 16 > n:
+        nlist //= 2
+    return nlist
+
+
 class FaissIndex(VectorIndex):
-    """FAISS inner-product index wrapped in ``IndexIDMap2`` for stable int64 labels.
+    """FAISS inner-product index: exact ``Flat`` for small sizes, IVF above a threshold.
+
+    New vectors always go straight into the current structure, so ``search`` sees them at
+    once. :meth:`optimize` rebuilds the structure for the current size: ``Flat`` (wrapped in
+    ``IndexIDMap2`` for stable labels) or an IVF index trained on a seeded sample of the
+    stored vectors, storing the labels itself with a hash-table direct map so that
+    ``remove``, ``update`` and ``get`` keep working. It then tunes ``nprobe`` (lists scanned
+    per query) to the smallest value that reaches ``target_recall + TUNE_MARGIN`` recall@10
+    against exact search, using ``TUNE_QUERIES`` stored vectors as queries (each excluding
+    itself).
+    :meth:`save` calls :meth:`optimize` first when :attr:`needs_optimize`.
+
+    When FAISS sees a GPU (``faiss.get_num_gpus() > 0``, the ``faiss-gpu`` package) and
+    ``gpu`` is not ``False``, searches run on a GPU copy of the index, made on the first
+    search after a change; the CPU index stays the one that is changed and saved, so saved
+    files load on machines without a GPU.
 
     Parameters
     ----------
@@ -445,43 +519,259 @@ class FaissIndex(VectorIndex):
     model_id : str, optional
         Model that produced the vectors (checked on load).
     factory : str
-        FAISS factory string for the inner index; ``"Flat"`` is exact search.
+        ``"auto"`` (default): ``Flat`` below ``ann_threshold`` vectors, else
+        ``IVF{nlist},Flat`` with ``nlist`` from :func:`ivf_lists`. ``"Flat"``: always exact.
+        Any other FAISS factory string must describe an IVF index (``"IVF1024,Flat"``,
+        ``"IVF4096_HNSW32,Flat"``, ``"IVF1024,SQ8"``...); it holds a ``Flat`` index until
+        :meth:`optimize` trains it. HNSW alone is refused: FAISS cannot remove from it.
+    ann_threshold : int
+        Size from which ``"auto"`` builds an IVF index (default :data:`ANN_THRESHOLD`).
+    target_recall : float
+        Recall@10 against exact search that ``nprobe`` is tuned for.
+    nprobe : int, optional
+        Fixed ``nprobe`` instead of tuning it.
+    seed : int
+        Seed of the training sample and the tuning queries.
+    gpu : bool, optional
+        ``None``: search on GPU when FAISS has one; ``False``: never; ``True``: require one.
+
+    Attributes
+    ----------
+    structure_ : str
+        Factory string of the structure currently built (``"Flat"``, ``"IVF4096,Flat"``).
+    nprobe_ : int or None
+        ``nprobe`` in use for IVF structures.
+    tuned_recall_ : float or None
+        Recall@10 the tuning queries reached at ``nprobe_``.
+    trained_size_ : int or None
+        Number of vectors when the IVF structure was trained.
+
+    Examples
+    --------
+    >>> index = FaissIndex(384, model_id="all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> index.add(ids, vectors)  # doctest: +SKIP
+    >>> index.optimize().structure_  # doctest: +SKIP
+    'IVF4096,Flat'
     """
 
     backend = "faiss"
     vector_suffix = "faiss"
 
-    def __init__(self, dim: int, *, model_id: str | None = None, factory: str = "Flat") -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        model_id: str | None = None,
+        factory: str = "auto",
+        ann_threshold: int = ANN_THRESHOLD,
+        target_recall: float = TARGET_RECALL,
+        nprobe: int | None = None,
+        seed: int = 0,
+        gpu: bool | None = None,
+    ) -> None:
         super().__init__(dim, model_id=model_id)
         import faiss
 
+        if not isinstance(factory, str) or not factory.strip():
+            raise ValueError(f"factory must be a non-empty str, got {factory!r}")
+        if factory not in ("auto", "Flat"):
+            try:
+                probe = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as error:
+                raise ValueError(f"invalid FAISS factory {factory!r}: {error}") from None
+            try:
+                faiss.extract_index_ivf(probe)
+            except RuntimeError:
+                raise ValueError(
+                    f"factory {factory!r} is not an IVF index; FaissIndex needs removal, "
+                    "so it takes 'auto', 'Flat' or an IVF factory such as 'IVF1024,Flat'"
+                ) from None
+        if int(ann_threshold) < 1:
+            raise ValueError(f"ann_threshold must be positive, got {ann_threshold!r}")
+        if not 0.0 < float(target_recall) <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall!r}")
+        if nprobe is not None and int(nprobe) < 1:
+            raise ValueError(f"nprobe must be positive, got {nprobe!r}")
+        if gpu and faiss_gpus() == 0:
+            raise ValueError("gpu=True but FAISS sees no GPU (install faiss-gpu)")
         self.factory = factory
-        self._index = faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+        self.ann_threshold = int(ann_threshold)
+        self.target_recall = float(target_recall)
+        self.nprobe = None if nprobe is None else int(nprobe)
+        self.seed = int(seed)
+        self.gpu = gpu
+        self.structure_ = "Flat"
+        self.nprobe_: int | None = None
+        self.tuned_recall_: float | None = None
+        self.trained_size_: int | None = None
+        self._index = self._new_flat()
+        self._gpu_index = None
+
+    # -- size-based structure -----------------------------------------------------------
+
+    def target_structure(self, n: int | None = None) -> str:
+        """Factory string :meth:`optimize` would build for ``n`` vectors (default: now)."""
+        n = len(self) if n is None else int(n)
+        if self.factory == "Flat" or (self.factory == "auto" and n < self.ann_threshold):
+            return "Flat"
+        if self.factory == "auto":
+            return f"IVF{ivf_lists(n)},Flat"
+        return self.factory
+
+    @property
+    def needs_optimize(self) -> bool:
+        """Whether :meth:`optimize` would change the structure: the size crossed the
+        threshold, or an IVF index has grown four-fold since it was trained."""
+        target = self.target_structure()
+        if target == "Flat" or self.structure_ == "Flat":
+            return target != self.structure_
+        grown = self.trained_size_ is not None and len(self) > 4 * self.trained_size_
+        return self.factory == "auto" and grown
+
+    def optimize(self) -> FaissIndex:
+        """Rebuild the structure for the current size, train it and tune ``nprobe``.
+
+        Exact ``Flat`` below the threshold; else an IVF index trained on a seeded sample of
+        ``TRAIN_PER_LIST`` vectors per list, with every stored vector re-added under its
+        label, and ``nprobe`` tuned (see the class docs). Vectors are read back from the
+        current structure, so a lossy factory (``SQ8``, ``PQ``) re-encodes approximations.
+
+        Returns
+        -------
+        FaissIndex
+            ``self``.
+        """
+        import faiss
+
+        self._check_writable()
+        target = self.target_structure()
+        _, labels = self._id_map.to_arrays()
+        vectors = self._get(labels) if len(labels) else np.empty((0, self.dim), np.float32)
+        self._gpu_index = None
+        if target == "Flat":
+            self._index = self._new_flat()
+            self._index.add_with_ids(vectors, labels)
+            self.structure_, self.nprobe_, self.tuned_recall_, self.trained_size_ = (
+                "Flat",
+                None,
+                None,
+                None,
+            )
+            return self
+        index = faiss.index_factory(self.dim, target, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        if len(vectors) < ivf.nlist:
+            raise ValueError(
+                f"{target} needs at least {ivf.nlist} vectors to train, the index holds "
+                f"{len(vectors)}"
+            )
+        rng = np.random.default_rng(self.seed)
+        n_train = min(len(vectors), TRAIN_PER_LIST * ivf.nlist)
+        sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
+        logger.info("training %s on %d of %d vectors", target, n_train, len(vectors))
+        index.train(sample)
+        del sample
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index.add_with_ids(vectors, labels)
+        self._index = index
+        self.structure_ = target
+        self.trained_size_ = len(vectors)
+        if self.nprobe is not None:
+            self.nprobe_, self.tuned_recall_ = min(self.nprobe, ivf.nlist), None
+        else:
+            self.nprobe_, self.tuned_recall_ = self._tune_nprobe(vectors, labels, rng)
+        logger.info(
+            "%s over %d vectors: nprobe %d (tuning recall@10 %s)",
+            target,
+            len(vectors),
+            self.nprobe_,
+            self.tuned_recall_,
+        )
+        return self
+
+    def _tune_nprobe(
+        self, vectors: np.ndarray, labels: np.ndarray, rng: np.random.Generator, k: int = 10
+    ) -> tuple[int, float]:
+        """Smallest ``nprobe`` whose recall@k on held-out stored vectors reaches the target.
+
+        Each query is a stored vector; its own label is dropped from both the exact and the
+        IVF results, so the query is held out of its own ground truth."""
+        import faiss
+
+        nlist = faiss.extract_index_ivf(self._index).nlist
+        rows = rng.choice(len(vectors), min(len(vectors), TUNE_QUERIES), replace=False)
+        queries = np.ascontiguousarray(vectors[rows])
+        fetch = min(k + 1, len(vectors))
+        _, exact_rows = faiss.knn(queries, vectors, fetch, metric=faiss.METRIC_INNER_PRODUCT)
+        truth = _drop_self(labels[exact_rows], labels[rows], k)
+
+        def recall(nprobe: int) -> float:
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            _, found = self._index.search(queries, fetch, params=params)
+            return _recall(_drop_self(found, labels[rows], k), truth)
+
+        # Doubling finds a passing nprobe; bisection then finds the smallest one, assuming
+        # recall grows with nprobe (it does: more lists scanned is a superset of candidates).
+        goal = min(1.0, self.target_recall + TUNE_MARGIN)
+        low, high, scores = 0, 1, {}
+        while True:
+            scores[high] = recall(high)
+            if scores[high] >= goal or high >= nlist:
+                break
+            low, high = high, min(2 * high, nlist)
+        while high - low > 1:
+            mid = (low + high) // 2
+            scores[mid] = recall(mid)
+            if scores[mid] >= goal:
+                high = mid
+            else:
+                low = mid
+        return high, float(scores[high])
+
+    def _new_flat(self):
+        import faiss
+
+        return faiss.index_factory(self.dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, directory: str | Path, name: str) -> None:
+        """Like :meth:`VectorIndex.save`, calling :meth:`optimize` first when
+        :attr:`needs_optimize`, so a saved index is always built for its size."""
+        if self.needs_optimize and not self._read_only:
+            self.optimize()
+        super().save(directory, name)
 
     def _config(self) -> dict:
-        return {"factory": self.factory}
+        return {
+            "factory": self.factory,
+            "ann_threshold": self.ann_threshold,
+            "target_recall": self.target_recall,
+            "nprobe": self.nprobe,
+            "seed": self.seed,
+            "structure": self.structure_,
+            "nprobe_tuned": self.nprobe_,
+            "tuned_recall": self.tuned_recall_,
+            "trained_size": self.trained_size_,
+        }
 
     @classmethod
     def _from_manifest(cls, manifest: dict) -> FaissIndex:
-        return cls(manifest["dim"], model_id=manifest["model_id"], factory=manifest["factory"])
-
-    def _add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        self._index.add_with_ids(vectors, labels)
-
-    def _update(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        self._index.remove_ids(labels)
-        self._index.add_with_ids(vectors, labels)
-
-    def _remove(self, labels: np.ndarray) -> None:
-        removed = self._index.remove_ids(labels)
-        if removed != len(labels):
-            raise RuntimeError(f"FAISS removed {removed} of {len(labels)} vectors")
-
-    def _get(self, labels: np.ndarray) -> np.ndarray:
-        return np.vstack([self._index.reconstruct(int(label)) for label in labels])
-
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.search(queries, k)
+        # Indexes saved before size-based selection hold only "factory" ("Flat").
+        index = cls(
+            manifest["dim"],
+            model_id=manifest["model_id"],
+            factory=manifest["factory"],
+            ann_threshold=manifest.get("ann_threshold", ANN_THRESHOLD),
+            target_recall=manifest.get("target_recall", TARGET_RECALL),
+            nprobe=manifest.get("nprobe"),
+            seed=manifest.get("seed", 0),
+        )
+        index.structure_ = manifest.get("structure", "Flat")
+        index.nprobe_ = manifest.get("nprobe_tuned")
+        index.tuned_recall_ = manifest.get("tuned_recall")
+        index.trained_size_ = manifest.get("trained_size")
+        return index
 
     def _save_vectors(self, path: Path) -> None:
         import faiss
@@ -489,24 +779,140 @@ class FaissIndex(VectorIndex):
         with atomic_path(path) as tmp:
             faiss.write_index(self._index, str(tmp))
 
-    def _load_vectors(self, path: Path, id_map: IdMap) -> None:
+    def _load_vectors(self, path: Path, id_map: IdMap, *, mmap: bool = False) -> None:
         import faiss
 
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        self._index = faiss.read_index(str(path))
+        # IO_FLAG_MMAP_IFC maps the flat codes and the IVF lists from the file instead of
+        # copying them; FAISS aborts on writes to such an index, hence the read-only guard.
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        self._index = faiss.read_index(str(path), flags)
+        self._gpu_index = None
         if self._index.d != self.dim or self._index.ntotal != len(id_map):
             raise ValueError(
                 f"{path}: holds {self._index.ntotal} vectors of dim {self._index.d}, "
                 f"manifest says {len(id_map)} of dim {self.dim}"
             )
+        is_ivf = self.structure_ != "Flat"
+        if is_ivf and self.nprobe_ is None:
+            raise ValueError(f"{path}: IVF index without a tuned nprobe in its manifest")
+
+    # -- backend hooks ------------------------------------------------------------------
+
+    def _add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self._gpu_index = None
+        self._index.add_with_ids(vectors, labels)
+
+    def _update(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self._gpu_index = None
+        self._index.remove_ids(labels)
+        self._index.add_with_ids(vectors, labels)
+
+    def _remove(self, labels: np.ndarray) -> None:
+        self._gpu_index = None
+        removed = self._index.remove_ids(labels)
+        if removed != len(labels):
+            raise RuntimeError(f"FAISS removed {removed} of {len(labels)} vectors")
+
+    def _get(self, labels: np.ndarray) -> np.ndarray:
+        return self._index.reconstruct_batch(np.ascontiguousarray(labels, dtype=np.int64))
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.structure_ == "Flat":
+            return self._searcher().search(queries, k)
+        nlist = self._nlist()
+        scores, labels = self._search_ivf(queries, k, self.nprobe_)
+        # An IVF search returns fewer than k hits when the scanned lists hold fewer than k
+        # items; rescan those queries with more lists so padding only ever means that the
+        # index holds fewer than k items, as with exact search.
+        nprobe = self.nprobe_
+        short = np.flatnonzero((labels < 0).any(axis=1))
+        while len(short) and nprobe < nlist:
+            nprobe = min(2 * nprobe, nlist)
+            scores[short], labels[short] = self._search_ivf(queries[short], k, nprobe)
+            short = short[(labels[short] < 0).any(axis=1)]
+        return scores, labels
+
+    def _search_ivf(
+        self, queries: np.ndarray, k: int, nprobe: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        searcher = self._searcher()
+        if searcher is self._index:
+            return searcher.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        faiss.GpuParameterSpace().set_index_parameter(searcher, "nprobe", nprobe)
+        return searcher.search(queries, k)
+
+    def _nlist(self) -> int:
+        import faiss
+
+        return faiss.extract_index_ivf(self._index).nlist
+
+    def _searcher(self):
+        """The index to search: a GPU copy when a GPU is used, else the CPU index."""
+        if self.gpu is False or self._read_only or faiss_gpus() == 0:
+            return self._index
+        if self._gpu_index is None:
+            import faiss
+
+            self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self._index)
+        return self._gpu_index
+
+
+def faiss_gpus() -> int:
+    """GPUs FAISS can use: 0 with ``faiss-cpu``."""
+    import faiss
+
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return int(get_num_gpus()) if get_num_gpus is not None else 0
+
+
+_GPU_RESOURCES = None
+
+
+def _gpu_resources():
+    """One ``StandardGpuResources`` per process: each holds scratch memory on the GPU."""
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:
+        import faiss
+
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    return _GPU_RESOURCES
+
+
+def _drop_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Each row of ``found`` without its own label (or its last entry), cut to ``k``."""
+    out = np.empty((len(found), k), dtype=np.int64)
+    for row, (labels, label) in enumerate(zip(found, own.tolist())):
+        keep = labels[labels != label]
+        out[row] = (
+            keep[:k] if len(keep) >= k else np.pad(keep, (0, k - len(keep)), constant_values=-1)
+        )
+    return out
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row's true labels (``-1`` = none) that ``found`` also holds."""
+    hits = total = 0
+    for f, t in zip(found.tolist(), truth.tolist()):
+        t = {label for label in t if label >= 0}
+        hits += len(t & set(f))
+        total += len(t)
+    return hits / total if total else 1.0
 
 
 _BACKENDS: dict[str, type[VectorIndex]] = {"exact": ExactIndex, "faiss": FaissIndex}
 
 
 def load_index(
-    directory: str | Path, name: str, *, model_id: str | None = None, dim: int | None = None
+    directory: str | Path,
+    name: str,
+    *,
+    model_id: str | None = None,
+    dim: int | None = None,
+    mmap: bool = False,
 ) -> VectorIndex:
-    """Load an index of whatever backend its manifest names."""
-    return VectorIndex.load(directory, name, model_id=model_id, dim=dim)
+    """Load an index of whatever backend its manifest names (see :meth:`VectorIndex.load`)."""
+    return VectorIndex.load(directory, name, model_id=model_id, dim=dim, mmap=mmap)

@@ -2,26 +2,58 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import pytest
 
-from profiler.vectors import ExactIndex, FaissIndex, IdMap, VectorIndex, load_index
+from profiler.vectors import (
+    ExactIndex,
+    FaissIndex,
+    IdMap,
+    VectorIndex,
+    faiss_gpus,
+    ivf_lists,
+    load_index,
+)
 from tests.conftest import unit_vectors
 
 DIM = 16
-BACKENDS = [ExactIndex, FaissIndex]
+#: The contract runs on exact numpy, FAISS Flat, and FAISS forced to IVF on tiny data: a
+#: threshold of 8 makes ``optimize()`` (called by ``filled``) build IVF from 8 vectors up.
+BACKENDS = {
+    "exact": ExactIndex,
+    "faiss": FaissIndex,
+    "faiss-ivf": functools.partial(FaissIndex, ann_threshold=8),
+}
 
 
-@pytest.fixture(params=BACKENDS, ids=lambda cls: cls.backend)
-def backend(request) -> type[VectorIndex]:
-    return request.param
+@pytest.fixture(params=list(BACKENDS), ids=str)
+def backend(request):
+    return BACKENDS[request.param]
 
 
-def filled(backend: type[VectorIndex], n: int = 50, seed: int = 0) -> tuple[VectorIndex, list]:
+def filled(backend, n: int = 50, seed: int = 0) -> tuple[VectorIndex, list]:
     index = backend(DIM, model_id="model-a")
     ids = [f"item-{i}" for i in range(n)]
     index.add(ids, unit_vectors(n, DIM, seed))
+    if isinstance(index, FaissIndex):
+        index.optimize()
     return index, ids
+
+
+def clustered(
+    n: int, dim: int, rng: np.random.Generator, centres: np.ndarray, noise: float = 0.5
+) -> np.ndarray:
+    """Unit vectors around random centres: neighbours are meaningful, as in embeddings."""
+    points = centres[rng.integers(len(centres), size=n)]
+    points = points + rng.standard_normal((n, dim)).astype(np.float32) * noise / np.sqrt(dim)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    return sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist())) / truth.size
 
 
 class TestContract:
@@ -124,7 +156,7 @@ class TestContract:
         index.remove(["item-10"])
         index.save(tmp_path, "items")
         loaded = load_index(tmp_path, "items", model_id="model-a", dim=DIM)
-        assert type(loaded) is backend and len(loaded) == 49
+        assert type(loaded) is type(index) and len(loaded) == 49
         queries = unit_vectors(7, DIM, seed=3)
         before, after = index.search(queries, k=10), loaded.search(queries, k=10)
         assert (before.ids == after.ids).all()
@@ -156,6 +188,22 @@ def test_faiss_matches_exact_reference():
     assert (a.ids == b.ids).all()
     assert np.allclose(a.scores, b.scores, atol=1e-5)
 
+    def test_mmap_load_gives_same_results_and_is_read_only(self, backend, tmp_path):
+        index, _ids = filled(backend)
+        index.remove(["item-10"])
+        index.save(tmp_path, "items")
+        mapped = load_index(tmp_path, "items", mmap=True)
+        queries = unit_vectors(7, DIM, seed=3)
+        before, after = index.search(queries, k=10), mapped.search(queries, k=10)
+        assert (before.ids == after.ids).all()
+        assert np.allclose(before.scores, after.scores)
+        assert np.allclose(mapped.get(["item-3"]), index.get(["item-3"]))
+        with pytest.raises(ValueError, match="read-only"):
+            mapped.add(["new"], unit_vectors(1, DIM))
+        with pytest.raises(ValueError, match="read-only"):
+            mapped.remove(["item-3"])
+        assert len(mapped) == 49
+
 
 def test_id_map_lookup_maps_missing_to_none():
     id_map = IdMap()
@@ -163,3 +211,145 @@ def test_id_map_lookup_maps_missing_to_none():
     assert list(id_map.lookup(np.array([labels[1], -1]))) == ["b", None]
     id_map.remove(["a"])
     assert id_map.add(["c"])[0] == 2  # labels are never reused
+
+
+# -- size-based FAISS structure ---------------------------------------------------------
+
+
+def test_ivf_lists_grows_with_size_and_leaves_training_points():
+    assert ivf_lists(1_000_000) == 4096 and ivf_lists(150_000) == 2048
+    assert ivf_lists(3) == 1 and all(ivf_lists(n) * 16 <= max(n, 16) for n in (10, 100, 5000))
+
+
+def test_auto_is_flat_below_threshold_and_ivf_above():
+    rng = np.random.default_rng(0)
+    centres = unit_vectors(20, DIM, seed=1)
+    index = FaissIndex(DIM, ann_threshold=400)
+    assert index.factory == "auto" and index.structure_ == "Flat"
+    index.add([f"a{i}" for i in range(399)], clustered(399, DIM, rng, centres))
+    assert index.target_structure() == "Flat" and not index.needs_optimize
+    assert index.optimize().structure_ == "Flat" and index.nprobe_ is None
+    index.add(["a399"], clustered(1, DIM, rng, centres))
+    assert index.needs_optimize and index.target_structure() == f"IVF{ivf_lists(400)},Flat"
+    index.optimize()
+    assert index.structure_ == "IVF16,Flat" and not index.needs_optimize
+    assert 1 <= index.nprobe_ <= 16 and index.tuned_recall_ >= 0.95
+    assert index.trained_size_ == 400
+    # shrinking back below the threshold returns to exact search
+    index.remove([f"a{i}" for i in range(300)])
+    assert index.needs_optimize and index.optimize().structure_ == "Flat"
+    assert index.search(index.get(["a350"]), k=1).ids[0, 0] == "a350"
+
+
+def test_flat_and_explicit_factories():
+    rng = np.random.default_rng(0)
+    vectors = clustered(500, DIM, rng, unit_vectors(10, DIM, seed=1))
+    flat = FaissIndex(DIM, factory="Flat", ann_threshold=10)
+    flat.add([f"a{i}" for i in range(500)], vectors)
+    assert not flat.needs_optimize and flat.optimize().structure_ == "Flat"
+    ivf = FaissIndex(DIM, factory="IVF8,Flat", nprobe=3)
+    ivf.add([f"a{i}" for i in range(500)], vectors)
+    assert ivf.structure_ == "Flat" and ivf.needs_optimize  # untrained: exact until optimized
+    assert ivf.optimize().structure_ == "IVF8,Flat" and ivf.nprobe_ == 3
+    assert ivf.tuned_recall_ is None
+    with pytest.raises(ValueError, match="not an IVF index"):
+        FaissIndex(DIM, factory="HNSW32")
+    with pytest.raises(ValueError, match="invalid FAISS factory"):
+        FaissIndex(DIM, factory="NoSuchIndex")
+    with pytest.raises(ValueError, match="needs at least 64 vectors"):
+        small = FaissIndex(DIM, factory="IVF64,Flat")
+        small.add(["x"], unit_vectors(1, DIM))
+        small.optimize()
+
+
+@pytest.fixture(scope="module")
+def clustered_data():
+    """20k database and 300 fresh query vectors, 64-d, around 300 shared centres."""
+    rng = np.random.default_rng(7)
+    centres = unit_vectors(300, 64, seed=8)
+    return clustered(20_000, 64, rng, centres), clustered(300, 64, rng, centres)
+
+
+@pytest.fixture(scope="module")
+def ivf_index(clustered_data):
+    vectors, _ = clustered_data
+    index = FaissIndex(64, ann_threshold=10_000)
+    index.add([f"v{i}" for i in range(len(vectors))], vectors)
+    return index.optimize()
+
+
+def test_tuned_ivf_reaches_target_recall_on_fresh_queries(clustered_data, ivf_index):
+    vectors, queries = clustered_data
+    exact = ExactIndex(64)
+    exact.add([f"v{i}" for i in range(len(vectors))], vectors)
+    assert ivf_index.structure_ == f"IVF{ivf_lists(20_000)},Flat"
+    assert ivf_index.nprobe_ < ivf_lists(20_000) // 4  # tuning did not fall back to a scan
+    found = ivf_index.search(queries, k=10).ids
+    assert recall_at_k(found, exact.search(queries, k=10).ids) >= 0.95
+
+
+def test_ivf_save_load_keeps_tuned_nprobe_and_results(clustered_data, ivf_index, tmp_path):
+    _, queries = clustered_data
+    ivf_index.save(tmp_path, "items")
+    manifest = json.loads((tmp_path / "items.json").read_text())
+    assert manifest["structure"] == ivf_index.structure_
+    assert manifest["nprobe_tuned"] == ivf_index.nprobe_
+    for mmap in (False, True):
+        loaded = load_index(tmp_path, "items", mmap=mmap)
+        assert (loaded.structure_, loaded.nprobe_) == (ivf_index.structure_, ivf_index.nprobe_)
+        before, after = ivf_index.search(queries, k=10), loaded.search(queries, k=10)
+        assert (before.ids == after.ids).all() and np.allclose(before.scores, after.scores)
+
+
+def test_ivf_remove_update_and_add_after_training(clustered_data):
+    vectors, _ = clustered_data
+    index = FaissIndex(64, ann_threshold=1000)
+    index.add([f"v{i}" for i in range(2000)], vectors[:2000])
+    index.optimize()
+    index.remove([f"v{i}" for i in range(100)])
+    found = index.search(vectors[:100], k=10).ids
+    assert not {f"v{i}" for i in range(100)} & set(found.ravel())
+    index.update(["v500"], vectors[:1])
+    assert index.search(vectors[:1], k=1).ids[0, 0] == "v500"
+    assert np.allclose(index.get(["v500"]), vectors[:1])
+    index.add(["late"], vectors[2000:2001])
+    assert index.search(vectors[2000:2001], k=1).ids[0, 0] == "late"
+    assert len(index) == 1901 and not index.needs_optimize
+
+
+def test_ivf_never_pads_while_enough_items_exist():
+    rng = np.random.default_rng(3)
+    index = FaissIndex(DIM, factory="IVF16,Flat", nprobe=1)
+    index.add([f"a{i}" for i in range(400)], clustered(400, DIM, rng, unit_vectors(16, DIM)))
+    index.optimize()
+    result = index.search(unit_vectors(20, DIM, seed=4), k=100)
+    assert all(i is not None for i in result.ids.ravel())
+
+
+def test_save_optimizes_and_old_manifests_load(tmp_path):
+    index, _ = filled(functools.partial(FaissIndex, ann_threshold=1000), n=50)
+    index.add([f"more-{i}" for i in range(1000)], unit_vectors(1000, DIM, seed=1))
+    assert index.needs_optimize
+    index.save(tmp_path, "items")
+    assert index.structure_.startswith("IVF")
+    flat, _ = filled(FaissIndex, n=5)
+    flat.save(tmp_path, "old")
+    manifest = json.loads((tmp_path / "old.json").read_text())
+    old = {key: manifest[key] for key in ("format_version", "backend", "dim", "model_id")}
+    old.update(count=5, next_label=5, factory="Flat")
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = load_index(tmp_path, "old")
+    assert loaded.structure_ == "Flat" and len(loaded) == 5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(faiss_gpus() == 0, reason="FAISS sees no GPU")
+def test_gpu_search_matches_cpu(clustered_data, ivf_index):
+    _, queries = clustered_data
+    cpu = ivf_index.search(queries, k=10)
+    ivf_index.gpu = True
+    try:
+        gpu = ivf_index.search(queries, k=10)
+    finally:
+        ivf_index.gpu = False
+    assert recall_at_k(gpu.ids, cpu.ids) >= 0.99
