@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from profiler.coldstart import ProfileRecommender
+from profiler.jobs import DTYPES, EmbedJob
 from profiler.storage import write_json
 from profiler.workspace import Results, Workspace
 
@@ -48,7 +49,31 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model", help="bundled model name or local sentence-transformers folder")
     build.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument(
+        "--item-vectors",
+        type=Path,
+        help="output folder of `profiler embed` over the catalogue (ids = item_id): "
+        "use its vectors instead of embedding the items again",
+    )
     _add_common(build)
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed a large text file into resumable .npy shards (runs under accelerate launch)",
+    )
+    embed.add_argument("--input", required=True, type=Path, help="CSV/JSONL/Parquet file or folder")
+    embed.add_argument("--text-column", required=True, help="column with the text to embed")
+    embed.add_argument("--id-column", required=True, help="column with each row's id")
+    embed.add_argument("--output", required=True, type=Path, help="folder for shards + manifest")
+    embed.add_argument("--model", help="bundled model name or local sentence-transformers folder")
+    embed.add_argument("--batch-size", type=int, default=64)
+    embed.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    embed.add_argument("--shard-size", type=int, default=10_000, help="input rows per shard")
+    embed.add_argument("--device", default="auto", help="auto (each process's GPU, else cpu), cpu")
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace a different job's output in --output"
+    )
+    _add_common(embed)
 
     search = commands.add_parser("search", help="items matching a text query")
     search.add_argument("--workspace", required=True, type=Path)
@@ -170,8 +195,31 @@ def cmd_build(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         show_progress_bar=_progress(args),
+        item_vectors=args.item_vectors,
     )
     print(ws)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    job = EmbedJob(
+        args.input,
+        args.output,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        model=args.model,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        shard_size=args.shard_size,
+        device=args.device,
+    )
+    shards = job.run(overwrite=args.overwrite, show_progress_bar=_progress(args))
+    if shards is not None:
+        manifest = shards.manifest
+        print(
+            f"{shards.directory}: {manifest['rows']} vectors ({manifest['dim']}-d) in "
+            f"{len(manifest['shards'])} shards, {manifest['rejected']} rows rejected"
+        )
     return 0
 
 
@@ -357,6 +405,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
 COMMANDS = {
     "build": cmd_build,
     "evaluate": cmd_evaluate,
+    "embed": cmd_embed,
     "train-tags": cmd_train_tags,
     "tags": cmd_tags,
     "search": cmd_search,

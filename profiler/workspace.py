@@ -33,6 +33,7 @@ import pandas as pd
 from profiler.coldstart import BlendParams, ProfileRecommender, event_evidence, mmr
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
+from profiler.jobs import ShardedEmbeddings
 from profiler.profiles import (
     ProfileBuilder,
     ProfileConfig,
@@ -332,6 +333,7 @@ class Workspace:
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         embedder: Embedder | None = None,
+        item_vectors: str | os.PathLike[str] | ShardedEmbeddings | None = None,
     ) -> Workspace:
         """Validate inputs, embed items and event texts, index items, persist everything.
 
@@ -353,6 +355,10 @@ class Workspace:
         embedder : Embedder, optional
             An already loaded embedder to reuse (``model`` and ``device`` are then
             ignored); its cache is pointed at this workspace.
+        item_vectors : path or ShardedEmbeddings, optional
+            The output of an embedding job (``profiler embed``) over the catalogue, keyed
+            by ``item_id``: its vectors are used instead of embedding the items again.
+            It must come from the workspace's model; items it lacks are embedded here.
         """
         path = Path(path)
         with _locked(path):
@@ -377,9 +383,8 @@ class Workspace:
                 batch_size=batch_size,
                 show_progress_bar=show_progress_bar,
             )
-            logger.info("embedding %d items", len(items.frame))
             documents = [item_document(row) for row in items.frame.to_dict(orient="records")]
-            item_vectors = embedder.encode(documents)
+            item_vectors = _item_vectors(embedder, items.frame["item_id"], documents, item_vectors)
             index = FaissIndex(item_vectors.shape[1], model_id=embedder.model_id)
             index.add(items.frame["item_id"].tolist(), item_vectors)
 
@@ -764,3 +769,35 @@ def _model_source(manifest: dict) -> str | None:
 def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def _item_vectors(
+    embedder: Embedder,
+    item_ids: pd.Series,
+    documents: list[str],
+    precomputed: str | os.PathLike[str] | ShardedEmbeddings | None,
+) -> np.ndarray:
+    """Item vectors: from an embedding job's shards where given, the rest embedded here."""
+    if precomputed is None:
+        logger.info("embedding %d items", len(documents))
+        return embedder.encode(documents)
+    shards = (
+        precomputed
+        if isinstance(precomputed, ShardedEmbeddings)
+        else ShardedEmbeddings(precomputed)
+    )
+    if shards.model_id != embedder.model_id:
+        raise ValueError(
+            f"{shards.directory}: vectors were made with {shards.model_id!r}, but this "
+            f"workspace uses {embedder.model_id!r}; embed again with the same model"
+        )
+    found, vectors = shards.lookup(item_ids.tolist())
+    out = np.empty((len(documents), shards.dim), dtype=np.float32)
+    out[found] = vectors
+    missing = np.flatnonzero(~found)
+    logger.info(
+        "item vectors: %d from %s, %d embedded here", found.sum(), shards.directory, len(missing)
+    )
+    if len(missing):
+        out[missing] = embedder.encode([documents[i] for i in missing])
+    return out

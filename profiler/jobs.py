@@ -1,0 +1,512 @@
+"""Sharded, resumable embedding jobs: text files in, float32 ``.npy`` shards out.
+
+A job streams its input with ``datasets`` (one file or a folder of CSV / JSON Lines /
+Parquet files, read in name order), cuts the valid rows into shards of ``shard_size``
+input rows, embeds each shard and writes, per shard::
+
+    shard-00000.ids.npy        the shard's ids (unicode), input order
+    shard-00000.rejected.jsonl bad rows of the shard, with file, row, field and reason
+    shard-00000.npy            float32 [rows, dim], L2-normalised, input order
+
+each atomically, the vectors last: a shard is complete exactly when its ``.npy`` exists,
+so a crashed job resumes from the shards it finished. When every shard is done the job
+writes ``ids.npy`` (all ids in input order), ``quarantine.jsonl`` and, last,
+``manifest.json``. Concatenated in name order, the shards hold the rows in input order.
+
+Under ``accelerate launch`` each process takes the shards ``i`` with
+``i % num_processes == process_index`` on its own device, so no row is embedded twice
+or missed; the main process waits for the others and writes the manifest. Memory stays
+flat: a process holds one shard's texts and vectors at a time.
+
+Examples
+--------
+>>> job = EmbedJob("items.parquet", "index/item-vectors", text_column="title")  # doctest: +SKIP
+>>> shards = job.run()                                                          # doctest: +SKIP
+>>> shards.ids[:3], shards.vectors().shape                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from profiler.data.loading import FORMATS, iter_rows, read_columns
+from profiler.storage import read_json, save_npy, write_json, write_text
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+__all__ = ["DTYPES", "EmbedJob", "ShardedEmbeddings", "input_files", "input_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DTYPES = ("float32", "float16", "bfloat16")
+_JOB_FILE = "job.json"
+_MANIFEST = "manifest.json"
+
+
+class Encoder(Protocol):
+    """What a job needs of an embedder: :class:`profiler.embedding.Embedder` has it."""
+
+    model_id: str
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def input_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a job reads: ``path`` itself, or a folder's supported files in name order."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in FORMATS:
+            raise ValueError(f"{path}: unsupported file type; use one of {sorted(FORMATS)}")
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+        if not files:
+            raise ValueError(f"{path}: folder holds no {sorted(FORMATS)} files")
+        return files
+    raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def input_fingerprint(files: Sequence[Path]) -> str:
+    """SHA-256 over the files' names and bytes: a resumed job must read the same input."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+@dataclass(frozen=True)
+class _Row:
+    file: str
+    row: int  # 1-based data row within its file, as the quarantine elsewhere reports it
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    file: str
+    row: int
+    field: str
+    reason: str
+    record: dict
+
+    def to_json(self) -> str:
+        record = {
+            k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
+            for k, v in self.record.items()
+        }
+        return json.dumps(
+            {
+                "file": self.file,
+                "row": self.row,
+                "field": self.field,
+                "reason": self.reason,
+                "record": record,
+            },
+            ensure_ascii=False,
+        )
+
+
+def _check_row(file: Path, row: int, record: dict, id_column: str, text_column: str):
+    item_id = record.get(id_column)
+    text = record.get(text_column)
+    if item_id is None or (isinstance(item_id, float) and np.isnan(item_id)):
+        return _Rejected(str(file), row, id_column, "missing id", record)
+    if isinstance(item_id, (int, np.integer)) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if not isinstance(item_id, str) or not item_id.strip():
+        return _Rejected(
+            str(file),
+            row,
+            id_column,
+            f"id must be a non-empty string, got {type(item_id).__name__} {item_id!r:.40}",
+            record,
+        )
+    if not isinstance(text, str):
+        kind = (
+            "missing text" if text is None else f"text must be a string, got {type(text).__name__}"
+        )
+        return _Rejected(str(file), row, text_column, kind, record)
+    if not text.strip():
+        return _Rejected(str(file), row, text_column, "empty text", record)
+    if "\ufffd" in text:
+        return _Rejected(str(file), row, text_column, "not valid UTF-8", record)
+    return _Row(str(file), row, item_id.strip(), text)
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One embedding job: what to read, how to embed it, where the shards go.
+
+    Parameters
+    ----------
+    input : path
+        A CSV / JSON Lines / Parquet file, or a folder of them (read in name order).
+    output : path
+        Folder for the shards and the manifest (created if missing).
+    text_column, id_column : str
+        Columns holding the text to embed and its id (``item_id`` by default).
+    model : str or path, optional
+        Bundled model name or a local sentence-transformers folder.
+    batch_size : int
+        Texts per forward pass.
+    dtype : str
+        ``float32``, ``float16`` or ``bfloat16`` weights; shards are float32 either way.
+    shard_size : int
+        Input rows per shard: the unit of work, of resumption and of memory.
+    device : str, optional
+        ``auto`` picks each process's accelerator when there is one, else the CPU.
+    """
+
+    input: str | os.PathLike[str]
+    output: str | os.PathLike[str]
+    text_column: str = "text"
+    id_column: str = "item_id"
+    model: str | None = None
+    batch_size: int = 64
+    dtype: str = "float32"
+    shard_size: int = 10_000
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r}: expected one of {DTYPES}")
+        for name in ("batch_size", "shard_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.text_column == self.id_column:
+            raise ValueError(f"text and id columns are both {self.text_column!r}")
+
+    # -- the job ----------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        encoder: Encoder | None = None,
+        state: PartialState | None = None,
+        overwrite: bool = False,
+        show_progress_bar: bool | None = None,
+    ) -> ShardedEmbeddings | None:
+        """Embed every shard this process owns, then (main process) write the manifest.
+
+        Parameters
+        ----------
+        encoder : Encoder, optional
+            An already loaded embedder; by default one is made from ``model``, ``dtype``,
+            ``device`` and ``batch_size`` on this process's device.
+        state : accelerate.PartialState, optional
+            The process group; by default ``PartialState()``, which is one process unless
+            started by ``accelerate launch``.
+        overwrite : bool
+            Delete an earlier job's output in ``output`` when it was a different job
+            (other input, model or settings). Without it such a folder is an error.
+
+        Returns
+        -------
+        ShardedEmbeddings or None
+            The finished output on the main process; ``None`` on the others.
+        """
+        files = input_files(self.input)
+        for file in files:
+            self._check_columns(file)
+        out = Path(self.output)
+        state = state if state is not None else _partial_state(self.device)
+        rank, world = state.process_index, state.num_processes
+        if encoder is None:
+            encoder = self._make_encoder(state)
+        job = {
+            "format_version": FORMAT_VERSION,
+            "model_id": encoder.model_id,
+            "input": {"files": [f.name for f in files], "fingerprint": input_fingerprint(files)},
+            **{k: v for k, v in asdict(self).items() if k not in ("input", "output", "device")},
+        }
+        if state.is_main_process:
+            self._start(out, job, overwrite)
+        state.wait_for_everyone()
+        if not state.is_main_process and read_json(out / _JOB_FILE) != job:
+            raise RuntimeError(f"{out / _JOB_FILE}: processes disagree on the job")
+
+        from tqdm.auto import tqdm
+
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+        bar = tqdm(
+            desc=f"embedding shards (process {rank})", unit="shard", disable=not show_progress_bar
+        )
+        done = skipped = 0
+        n_shards = 0
+        for index, rows, rejected in self._shards(files):
+            n_shards = index + 1
+            if index % world != rank:
+                continue
+            if (out / f"{_shard_name(index)}.npy").is_file():
+                skipped += 1
+                continue
+            self._write_shard(out, index, rows, rejected, encoder)
+            done += 1
+            bar.update()
+        bar.close()
+        logger.info(
+            "process %d/%d: embedded %d shards, %d already done", rank, world, done, skipped
+        )
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return None
+        return self._finish(out, job, n_shards)
+
+    def _check_columns(self, file: Path) -> None:
+        if file.suffix.lower() == ".jsonl" or file.suffix.lower() == ".json":
+            return  # no header: a missing column shows up row by row
+        present = read_columns(file)
+        missing = [c for c in (self.id_column, self.text_column) if c not in present]
+        if missing:
+            raise ValueError(
+                f"{file}: missing column(s) {missing}; found {present} "
+                "(choose others with --id-column / --text-column)"
+            )
+
+    def _make_encoder(self, state: PartialState) -> Encoder:
+        from profiler.embedding import Embedder
+
+        device = self.device
+        if device in (None, "auto"):
+            device = str(state.device)
+        return Embedder(
+            self.model,
+            device=device,
+            batch_size=self.batch_size,
+            dtype=self.dtype,
+            show_progress_bar=False,
+        )
+
+    def _start(self, out: Path, job: dict, overwrite: bool) -> None:
+        """Record the job in ``out``, or check that ``out`` holds this same job."""
+        previous = out / _JOB_FILE
+        if previous.is_file():
+            if read_json(previous) == job:
+                logger.info("resuming the job in %s", out)
+                return
+            if not overwrite:
+                raise ValueError(
+                    f"{out}: holds the output of a different job (other input, model or "
+                    "settings); choose another --output or pass --overwrite to replace it"
+                )
+            logger.warning("replacing the earlier job's output in %s", out)
+        elif out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise ValueError(f"{out}: folder is not empty and holds no embedding job")
+        if out.is_dir() and overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(previous, job)
+
+    def _shards(self, files: Sequence[Path]) -> Iterator[tuple[int, list[_Row], list[_Rejected]]]:
+        """Stream the input as ``(shard index, valid rows, rejected rows)``."""
+        rows: list[_Row] = []
+        rejected: list[_Rejected] = []
+        index = seen = 0
+        for file in files:
+            for row, record in enumerate(iter_rows(file), start=1):
+                checked = _check_row(file, row, record, self.id_column, self.text_column)
+                (rows if isinstance(checked, _Row) else rejected).append(checked)
+                seen += 1
+                if seen == self.shard_size:
+                    yield index, rows, rejected
+                    rows, rejected, seen = [], [], 0
+                    index += 1
+        if seen:
+            yield index, rows, rejected
+
+    def _write_shard(
+        self,
+        out: Path,
+        index: int,
+        rows: list[_Row],
+        rejected: list[_Rejected],
+        encoder: Encoder,
+    ) -> None:
+        name = _shard_name(index)
+        texts = [r.text for r in rows]
+        # Longest first, as sentence-transformers does: batches pad to similar lengths.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        vectors = np.empty((len(rows), 0), dtype=np.float32)
+        if rows:
+            encoded = encoder.encode([texts[i] for i in order])
+            vectors = np.empty_like(encoded, dtype=np.float32)
+            vectors[order] = encoded
+        ids = np.array([r.item_id for r in rows], dtype=str) if rows else np.array([], "<U1")
+        save_npy(out / f"{name}.ids.npy", ids)
+        write_text(out / f"{name}.rejected.jsonl", "".join(r.to_json() + "\n" for r in rejected))
+        save_npy(out / f"{name}.npy", vectors)  # last: its presence marks the shard done
+        logger.info("%s: %d rows, %d rejected", name, len(rows), len(rejected))
+
+    def _finish(self, out: Path, job: dict, n_shards: int) -> ShardedEmbeddings:
+        missing = [i for i in range(n_shards) if not (out / f"{_shard_name(i)}.npy").is_file()]
+        if missing:
+            raise RuntimeError(
+                f"{out}: shards {missing[:10]} are missing after every process finished; "
+                "run the job again to fill them in"
+            )
+        ids, shards, dim = [], [], None
+        rejected_lines: list[str] = []
+        start = 0
+        for i in range(n_shards):
+            name = _shard_name(i)
+            vectors = np.load(out / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            shard_ids = np.load(out / f"{name}.ids.npy", allow_pickle=False)
+            if len(vectors) != len(shard_ids):
+                raise RuntimeError(f"{out / name}: {len(vectors)} vectors for {len(shard_ids)} ids")
+            if len(vectors) and vectors.shape[1]:
+                if dim not in (None, vectors.shape[1]):
+                    raise RuntimeError(f"{out / name}: {vectors.shape[1]}-d, others {dim}-d")
+                dim = int(vectors.shape[1])
+            ids.append(shard_ids)
+            lines = (out / f"{name}.rejected.jsonl").read_text(encoding="utf-8").splitlines()
+            rejected_lines += lines
+            shards.append({"file": f"{name}.npy", "first_row": start, "rows": len(vectors)})
+            start += len(vectors)
+        if dim is None:
+            raise ValueError(
+                f"{self.input}: no valid rows to embed; see {out / 'quarantine.jsonl'}"
+            )
+        all_ids = np.concatenate(ids) if ids else np.array([], dtype=str)
+        unique, counts = np.unique(all_ids, return_counts=True)
+        duplicates = unique[counts > 1]
+        if len(duplicates):
+            logger.warning(
+                "%s: %d ids occur more than once, e.g. %s; the last row of each wins when "
+                "the shards are read by id",
+                out,
+                len(duplicates),
+                duplicates[:5].tolist(),
+            )
+        save_npy(out / "ids.npy", all_ids)
+        write_text(out / "quarantine.jsonl", "".join(line + "\n" for line in rejected_lines))
+        if rejected_lines:
+            logger.warning(
+                "%d rows rejected; see %s", len(rejected_lines), out / "quarantine.jsonl"
+            )
+        manifest = {
+            **job,
+            "dim": dim,
+            "rows": len(all_ids),
+            "rejected": len(rejected_lines),
+            "duplicate_ids": len(duplicates),
+            "ids": "ids.npy",
+            "quarantine": "quarantine.jsonl",
+            "shards": shards,
+            "vector_dtype": "float32",
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json(out / _MANIFEST, manifest)  # last: a folder with a manifest is complete
+        logger.info(
+            "%s: %d rows in %d shards, %d rejected",
+            out,
+            len(all_ids),
+            n_shards,
+            len(rejected_lines),
+        )
+        return ShardedEmbeddings(out)
+
+
+def _partial_state(device: str | None) -> PartialState:
+    try:
+        from accelerate import PartialState
+    except ImportError as exc:  # pragma: no cover - accelerate is a core dependency
+        raise ImportError("embedding jobs need accelerate: pip install accelerate") from exc
+    import torch
+
+    # On a host without an accelerator the processes talk over gloo on the CPU.
+    cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
+
+
+class ShardedEmbeddings:
+    """The finished output of an :class:`EmbedJob`, read lazily (vectors memory-mapped).
+
+    Raises ``FileNotFoundError`` for a folder without a manifest (a job that has not
+    finished) and ``ValueError`` when a shard does not match it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        path = self.directory / _MANIFEST
+        if not path.is_file():
+            hint = (
+                " (the job has not finished: run it again)"
+                if (self.directory / _JOB_FILE).is_file()
+                else ""
+            )
+            raise FileNotFoundError(f"{path}: no embedding-job manifest{hint}")
+        self.manifest = read_json(path)
+        self.model_id: str = self.manifest["model_id"]
+        self.dim = int(self.manifest["dim"])
+        self.ids: np.ndarray = np.load(self.directory / self.manifest["ids"], allow_pickle=False)
+        if len(self.ids) != self.manifest["rows"]:
+            raise ValueError(
+                f"{self.directory}: ids.npy has {len(self.ids)} rows, manifest "
+                f"says {self.manifest['rows']}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedEmbeddings({str(self.directory)!r}, rows={len(self)}, dim={self.dim}, "
+            f"model={self.model_id!r})"
+        )
+
+    def shards(self) -> Iterator[np.ndarray]:
+        """Each shard's ``[rows, dim]`` float32 vectors, memory-mapped, in input order."""
+        for shard in self.manifest["shards"]:
+            vectors = np.load(self.directory / shard["file"], mmap_mode="r", allow_pickle=False)
+            if len(vectors) != shard["rows"] or (len(vectors) and vectors.shape[1] != self.dim):
+                raise ValueError(
+                    f"{self.directory / shard['file']}: shape {vectors.shape} does "
+                    f"not match the manifest ({shard['rows']}, {self.dim})"
+                )
+            yield vectors
+
+    def vectors(self) -> np.ndarray:
+        """All vectors in input order as one float32 array (read into memory)."""
+        blocks = [np.asarray(v) for v in self.shards() if len(v)]
+        if not blocks:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.concatenate(blocks).astype(np.float32, copy=False)
+
+    def lookup(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(found_mask, vectors_of_found)`` for ``ids``; a repeated id gives its last row."""
+        row_of = {item_id: row for row, item_id in enumerate(self.ids.tolist())}
+        rows = [row_of.get(i, -1) for i in ids]
+        found = np.array([r >= 0 for r in rows], dtype=bool)
+        wanted = np.array([r for r in rows if r >= 0], dtype=np.int64)
+        out = np.empty((len(wanted), self.dim), dtype=np.float32)
+        start = 0
+        for vectors in self.shards():
+            stop = start + len(vectors)
+            inside = (wanted >= start) & (wanted < stop)
+            if inside.any():
+                out[inside] = vectors[wanted[inside] - start]
+            start = stop
+        return found, out
