@@ -38,6 +38,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/embed.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/embed_job.py
+	$(BIN)/python benchmarks/recommend.py
 
 clean:
 	rm -rf $(VENV) index/demo

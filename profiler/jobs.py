@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -54,6 +53,14 @@ FORMAT_VERSION = 1
 DTYPES = ("float32", "float16", "bfloat16")
 _JOB_FILE = "job.json"
 _MANIFEST = "manifest.json"
+_OUTPUT_FILES = (
+    "shard-*.npy",
+    "shard-*.rejected.jsonl",
+    "ids.npy",
+    "quarantine.jsonl",
+    _MANIFEST,
+    _JOB_FILE,
+)
 
 
 class Encoder(Protocol):
@@ -303,6 +310,8 @@ class EmbedJob:
     def _start(self, out: Path, job: dict, overwrite: bool) -> None:
         """Record the job in ``out``, or check that ``out`` holds this same job."""
         previous = out / _JOB_FILE
+        for stale in out.glob(".*.tmp") if out.is_dir() else ():
+            stale.unlink()  # half-written files of a killed process
         if previous.is_file():
             if read_json(previous) == job:
                 logger.info("resuming the job in %s", out)
@@ -313,10 +322,14 @@ class EmbedJob:
                     "settings); choose another --output or pass --overwrite to replace it"
                 )
             logger.warning("replacing the earlier job's output in %s", out)
-        elif out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise ValueError(f"{out}: folder is not empty and holds no embedding job")
-        if out.is_dir() and overwrite:
-            shutil.rmtree(out)
+            for pattern in _OUTPUT_FILES:  # only what a job writes: never a user's files
+                for file in out.glob(pattern):
+                    file.unlink()
+        elif out.is_dir() and any(out.iterdir()):
+            raise ValueError(
+                f"{out}: folder is not empty and holds no embedding job; choose an empty "
+                "or new --output folder"
+            )
         out.mkdir(parents=True, exist_ok=True)
         write_json(previous, job)
 

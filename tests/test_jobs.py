@@ -289,3 +289,39 @@ def test_two_processes_under_accelerate_cover_every_row_once(
     np.testing.assert_allclose(
         shards.vectors(), embedder.encode(titles["title"].tolist()), atol=1e-5
     )
+
+
+@pytest.mark.gpu
+def test_half_precision_job_on_gpu_agrees_with_float32_on_cpu(
+    titles_file, titles, embedder, tmp_path
+):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    out = tmp_path / "out"
+    shards = EmbedJob(titles_file, out, text_column="title", dtype="float16", device="cuda").run()
+    assert shards.vectors().dtype == np.float32
+    cosines = np.sum(shards.vectors() * embedder.encode(titles["title"].tolist()), axis=1)
+    assert cosines.min() > 0.99
+
+
+def test_overwrite_never_deletes_files_the_job_did_not_write(titles_file, titles, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no embedding job"):
+        EmbedJob(titles_file, out, text_column="title").run(
+            encoder=HashingEncoder(), state=SingleProcess(), overwrite=True
+        )
+    fresh = tmp_path / "fresh"
+    run_job(titles_file, fresh)
+    (fresh / "notes.txt").write_text("mine")
+    (fresh / ".shard-00009.npy.abc.tmp").write_bytes(b"torn")  # left by a killed process
+    other = tmp_path / "other.parquet"
+    titles.head(10).to_parquet(other, index=False)
+    EmbedJob(other, fresh, text_column="title", shard_size=40).run(
+        encoder=HashingEncoder(), state=SingleProcess(), overwrite=True
+    )
+    assert (fresh / "notes.txt").read_text() == "mine"
+    assert not list(fresh.glob(".*.tmp"))
+    assert sorted(p.name for p in fresh.glob("shard-*[0-9].npy")) == ["shard-00000.npy"]
