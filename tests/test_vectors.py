@@ -27,6 +27,8 @@ BACKENDS = {
     "faiss": FaissIndex,
     "faiss-ivf": functools.partial(FaissIndex, ann_threshold=8),
 }
+#: ``get`` tolerance: the IVF structure of ``"auto"`` stores float16 (relative error 2**-11).
+GET_ATOL = 1e-3
 
 
 @pytest.fixture(params=list(BACKENDS), ids=str)
@@ -63,7 +65,7 @@ class TestContract:
         result = index.search(vectors, k=5)
         assert result.ids.shape == (5, 5) and result.scores.dtype == np.float32
         assert list(result.ids[:, 0]) == ids[:5]
-        assert np.allclose(result.scores[:, 0], 1.0, atol=1e-5)
+        assert np.allclose(result.scores[:, 0], 1.0, atol=GET_ATOL)
         assert (np.diff(result.scores, axis=1) <= 1e-6).all()
 
     def test_single_query_is_a_batch_of_one(self, backend):
@@ -96,7 +98,7 @@ class TestContract:
         index, _ = filled(backend)
         new = unit_vectors(1, DIM, seed=42)
         index.update(["item-0"], new)
-        assert np.allclose(index.get(["item-0"]), new, atol=1e-6)
+        assert np.allclose(index.get(["item-0"]), new, atol=GET_ATOL)
         assert index.search(new, k=1).ids[0, 0] == "item-0"
         assert len(index) == 50
 
@@ -104,7 +106,7 @@ class TestContract:
         index, _ = filled(backend, n=5)
         index.upsert(["item-0", "new"], unit_vectors(2, DIM, seed=7))
         assert len(index) == 6 and "new" in index
-        assert np.allclose(index.get(["item-0"]), unit_vectors(2, DIM, seed=7)[:1], atol=1e-6)
+        assert np.allclose(index.get(["item-0"]), unit_vectors(2, DIM, seed=7)[:1], atol=GET_ATOL)
 
     def test_remove_then_absent(self, backend):
         index, _ids = filled(backend)
@@ -230,9 +232,9 @@ def test_auto_is_flat_below_threshold_and_ivf_above():
     assert index.target_structure() == "Flat" and not index.needs_optimize
     assert index.optimize().structure_ == "Flat" and index.nprobe_ is None
     index.add(["a399"], clustered(1, DIM, rng, centres))
-    assert index.needs_optimize and index.target_structure() == f"IVF{ivf_lists(400)},Flat"
+    assert index.needs_optimize and index.target_structure() == f"IVF{ivf_lists(400)},SQfp16"
     index.optimize()
-    assert index.structure_ == "IVF16,Flat" and not index.needs_optimize
+    assert index.structure_ == "IVF16,SQfp16" and not index.needs_optimize
     assert 1 <= index.nprobe_ <= 16 and index.tuned_recall_ >= 0.95
     assert index.trained_size_ == 400
     # shrinking back below the threshold returns to exact search
@@ -282,7 +284,7 @@ def test_tuned_ivf_reaches_target_recall_on_fresh_queries(clustered_data, ivf_in
     vectors, queries = clustered_data
     exact = ExactIndex(64)
     exact.add([f"v{i}" for i in range(len(vectors))], vectors)
-    assert ivf_index.structure_ == f"IVF{ivf_lists(20_000)},Flat"
+    assert ivf_index.structure_ == f"IVF{ivf_lists(20_000)},SQfp16"
     assert ivf_index.nprobe_ < ivf_lists(20_000) // 4  # tuning did not fall back to a scan
     found = ivf_index.search(queries, k=10).ids
     assert recall_at_k(found, exact.search(queries, k=10).ids) >= 0.95
@@ -311,10 +313,27 @@ def test_ivf_remove_update_and_add_after_training(clustered_data):
     assert not {f"v{i}" for i in range(100)} & set(found.ravel())
     index.update(["v500"], vectors[:1])
     assert index.search(vectors[:1], k=1).ids[0, 0] == "v500"
-    assert np.allclose(index.get(["v500"]), vectors[:1])
+    assert np.allclose(index.get(["v500"]), vectors[:1], atol=GET_ATOL)
     index.add(["late"], vectors[2000:2001])
     assert index.search(vectors[2000:2001], k=1).ids[0, 0] == "late"
     assert len(index) == 1901 and not index.needs_optimize
+
+
+def test_auto_ivf_stores_float16_and_reoptimizing_loses_nothing(clustered_data):
+    vectors, _ = clustered_data
+    index = FaissIndex(64, ann_threshold=1000)
+    ids = [f"v{i}" for i in range(2000)]
+    index.add(ids, vectors[:2000])
+    stored = index.optimize().get(ids)
+    assert index.structure_.endswith(",SQfp16")
+    error = np.abs(stored - vectors[:2000])
+    assert error.max() > 0 and (error <= 2.0**-11 * np.abs(vectors[:2000]) + 1e-7).all()
+    index.nprobe = 4  # a second optimize re-encodes the decoded vectors: bit-identical
+    assert np.array_equal(index.optimize().get(ids), stored)
+    index.remove(ids[:10])
+    index.update(["v20"], vectors[:1])
+    assert index.search(vectors[:1], k=1).ids[0, 0] == "v20"
+    assert not set(ids[:10]) & set(index.search(vectors[:10], k=10).ids.ravel())
 
 
 def test_ivf_never_pads_while_enough_items_exist():
