@@ -38,18 +38,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from machine import machine_facts
+from machine import PACKAGES, machine_facts
 
 import profiler
 from profiler.embedding import Embedder
 from profiler.storage import write_json
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger("benchmarks.embed")
 
@@ -71,70 +67,64 @@ def load_texts(name: str, n: int) -> list[str]:
     return texts[:n]
 
 
-def timed(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
-    vectors = run()
-    return time.perf_counter() - start, vectors
+#: Explicit paths benchmarked beside the default: side name -> Embedder keywords.
+PATHS = {
+    "torch-fp32": {"backend": "torch", "dtype": "float32"},
+    "torch-bf16": {"backend": "torch", "dtype": "bfloat16"},
+    "onnx": {"backend": "onnx"},
+    "onnx-int8": {"backend": "onnx-int8"},
+}
+CHUNK = 250  # texts per timed chunk (see the module docstring)
+
+
+def agreement(reference: np.ndarray, vectors: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """``(mean cosine, mean top-k neighbour overlap)`` of ``vectors`` with ``reference``."""
+    cosine = float(np.mean(np.sum(reference * vectors, axis=1)))
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        scores = x @ x.T
+        np.fill_diagonal(scores, -np.inf)
+        return np.argpartition(-scores, k, axis=1)[:, :k]
+
+    overlap = [
+        len(np.intersect1d(a, b)) / k for a, b in zip(neighbours(reference), neighbours(vectors))
+    ]
+    return cosine, float(np.mean(overlap))
 
 
 def bench_set(
     name: str,
     texts: list[str],
-    embedder: Embedder,
-    model: SentenceTransformer,
+    sides: dict[str, Callable[[list[str]], np.ndarray]],
     batch_size: int,
     repeats: int,
 ) -> list[dict]:
-    """Time the three sides on one text set; return one result row per side.
-
-    ``embedder`` (no cache) and ``model`` (the same folder, loaded separately) are the two
-    uncached sides, each already loaded.
-    """
-    device = embedder.device
-
-    def run_encode() -> np.ndarray:
-        return model.encode(
-            texts,
-            batch_size=batch_size,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-
-    def run_embedder() -> np.ndarray:
-        return embedder.encode(texts)
-
-    warm = texts[:batch_size]
-    model.encode(warm, batch_size=batch_size, show_progress_bar=False)
-    embedder.encode(warm)
-
-    with tempfile.TemporaryDirectory(prefix="bench-embed-cache-") as cache_dir:
-        Embedder(
-            device=device, batch_size=batch_size, show_progress_bar=False, cache_dir=cache_dir
-        ).encode(texts)  # fills the cache; not timed
-
-        def run_cached() -> np.ndarray:
-            # A fresh instance reads the cache from disk, as a rebuild in a new process does.
-            fresh = Embedder(
-                device=device, batch_size=batch_size, show_progress_bar=False, cache_dir=cache_dir
-            )
-            return fresh.encode(texts)
-
-        sides = {"encode": run_encode, "embedder": run_embedder, "embedder+cache": run_cached}
-        times: dict[str, float] = dict.fromkeys(sides, float("inf"))
-        outputs: dict[str, np.ndarray] = {}
+    """Time every side on one text set; return one result row per side."""
+    for side, run in sides.items():
+        run(texts[:batch_size])  # warm-up: loads the model, exports ONNX once
+        logger.info("%s %s warmed up", name, side)
+    times = dict.fromkeys(sides, 0.0)
+    parts: dict[str, list[np.ndarray]] = {side: [] for side in sides}
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start : start + CHUNK]
+        best = dict.fromkeys(sides, float("inf"))
         for repeat in range(repeats):
             order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
             for side in order:
-                seconds, outputs[side] = timed(sides[side])
-                times[side] = min(times[side], seconds)
-                logger.info("%s %s repeat %d: %.3f s", name, side, repeat, seconds)
+                began = time.perf_counter()
+                vectors = sides[side](chunk)
+                best[side] = min(best[side], time.perf_counter() - began)
+            logger.info("%s chunk %d repeat %d done", name, start // CHUNK, repeat)
+        for side in sides:
+            times[side] += best[side]
+            parts[side].append(np.asarray(sides[side](chunk), dtype=np.float32))
 
-    baseline = np.asarray(outputs["encode"], dtype=np.float32)
+    baseline = np.concatenate(parts["encode"])
     rows = []
     for side, seconds in times.items():
-        vectors = np.asarray(outputs[side], dtype=np.float32)
+        vectors = np.concatenate(parts[side])
         assert vectors.shape == baseline.shape, (side, vectors.shape, baseline.shape)
+        cosine, overlap = agreement(baseline, vectors)
         rows.append(
             {
                 "text_set": name,
@@ -145,6 +135,8 @@ def bench_set(
                 "best_seconds": seconds,
                 "texts_per_second": len(texts) / seconds,
                 "ratio_vs_encode": times["encode"] / seconds,
+                "mean_cosine_vs_encode": cosine,
+                "top10_overlap_vs_encode": overlap,
                 "max_abs_diff_vs_encode": float(np.max(np.abs(vectors - baseline))),
             }
         )
@@ -154,7 +146,7 @@ def bench_set(
 def format_table(rows: list[dict]) -> str:
     header = (
         f"{'set':<8} {'side':<15} {'n':>5} {'chars':>6} {'batch':>5} {'best s':>8} "
-        f"{'texts/s':>9} {'vs encode':>9} {'max|diff|':>10}"
+        f"{'texts/s':>9} {'vs encode':>9} {'cosine':>8} {'top-10':>7} {'max|diff|':>10}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -162,6 +154,7 @@ def format_table(rows: list[dict]) -> str:
             f"{row['text_set']:<8} {row['side']:<15} {row['n_texts']:>5} "
             f"{row['mean_chars']:>6.0f} {row['batch_size']:>5} {row['best_seconds']:>8.3f} "
             f"{row['texts_per_second']:>9.1f} {row['ratio_vs_encode']:>8.2f}x "
+            f"{row['mean_cosine_vs_encode']:>8.5f} {row['top10_overlap_vs_encode']:>7.4f} "
             f"{row['max_abs_diff_vs_encode']:>10.2e}"
         )
     return "\n".join(lines)
@@ -169,14 +162,16 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Texts/s of profiler's Embedder against SentenceTransformer.encode."
+        description="Texts/s and agreement of profiler's Embedder paths against "
+        "SentenceTransformer.encode in float32."
     )
     parser.add_argument("--n", type=int, default=1000, help="texts per set (default 1000)")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-    parser.add_argument("--repeats", type=int, default=2, help="best-of-N wall time (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="best-of-N per chunk (default 3)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
+    parser.add_argument("--onnx-cache", type=Path, default=None, help="exported ONNX models")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each timing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = parser.parse_args(argv)
     for option in ("n", "batch_size", "repeats"):
         if getattr(args, option) <= 0:
@@ -187,16 +182,50 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.INFO)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    embedder = Embedder(device=args.device, batch_size=args.batch_size, show_progress_bar=False)
+    from profiler.embedding import onnxruntime_available
+
+    common = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "show_progress_bar": False,
+        "onnx_cache": args.onnx_cache,
+    }
+    embedder = Embedder(**common)
     dim = embedder.dim  # loads the model (and turns off the weight-loading progress bars)
 
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(embedder.spec.path), device=embedder.device)
+    embedders = {"embedder": embedder}
+    for side, options in PATHS.items():
+        if side.startswith("onnx") and not onnxruntime_available():
+            logger.warning("skipping %s: onnxruntime is not installed", side)
+            continue
+        if side.startswith("onnx") and not embedder.device.startswith("cpu"):
+            continue
+        embedders[side] = Embedder(**common, **options)
+
     rows = []
-    for name in TEXT_SETS:
-        texts = load_texts(name, args.n)
-        rows += bench_set(name, texts, embedder, model, args.batch_size, args.repeats)
+    with tempfile.TemporaryDirectory(prefix="bench-embed-cache-") as cache_dir:
+        for name in TEXT_SETS:
+            texts = load_texts(name, args.n)
+            Embedder(**common, cache_dir=cache_dir).encode(texts)  # fills the cache; not timed
+            sides: dict[str, Callable[[list[str]], np.ndarray]] = {
+                "encode": lambda chunk: model.encode(
+                    chunk,
+                    batch_size=args.batch_size,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                ),
+            }
+            for side, path in embedders.items():
+                sides[side] = path.encode
+            # A fresh instance reads the cache from disk, as a rebuild in a new process does.
+            sides["embedder+cache"] = lambda chunk: Embedder(**common, cache_dir=cache_dir).encode(
+                chunk
+            )
+            rows += bench_set(name, texts, sides, args.batch_size, args.repeats)
 
     print(format_table(rows))
     write_json(
@@ -207,16 +236,19 @@ def main(argv: list[str] | None = None) -> int:
                 "n": args.n,
                 "batch_size": args.batch_size,
                 "repeats": args.repeats,
+                "chunk": CHUNK,
                 "device": embedder.device,
+                "default_backend": embedder.backend,
+                "default_dtype": embedder.dtype,
                 "model_id": embedder.model_id,
+                "paths": {side: e.model_id for side, e in embedders.items()},
                 "model_path": str(embedder.spec.path),
                 "dim": dim,
-                "normalize_embeddings": True,
                 "texts": {
                     name: f"{path.name}:{column}" for name, (path, column) in TEXT_SETS.items()
                 },
             },
-            "machine": machine_facts(),
+            "machine": machine_facts((*PACKAGES, "onnxruntime", "onnx")),
             "results": rows,
         },
     )

@@ -1,11 +1,52 @@
-"""The Embedder on the bundled all-MiniLM-L6-v2: shapes, norms, meaning, cache."""
+"""The Embedder on the bundled all-MiniLM-L6-v2: shapes, norms, meaning, cache, backends."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from profiler.embedding import Embedder, EmbeddingCache, resolve_model, text_keys
+import profiler.embedding as embedding
+from profiler.data import clothing_catalog
+from profiler.embedding import (
+    Embedder,
+    EmbeddingCache,
+    resolve_backend,
+    resolve_model,
+    text_keys,
+)
+
+needs_onnxruntime = pytest.mark.skipif(
+    not embedding.onnxruntime_available(), reason="the fast extra (onnxruntime) is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def fp32_embedder() -> Embedder:
+    """The reference: torch float32, whose ``model.encode`` is plain sentence-transformers."""
+    return Embedder(device="cpu", backend="torch", dtype="float32", show_progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def titles() -> list[str]:
+    """200 distinct real titles from the bundled catalogue."""
+    frame = pd.read_parquet(clothing_catalog(), columns=["title"])
+    return frame["title"].dropna().drop_duplicates().head(200).tolist()
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each row's k nearest rows (by dot product) that ``a`` and ``b`` share."""
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        scores = x @ x.T
+        np.fill_diagonal(scores, -np.inf)
+        return np.argsort(-scores, axis=1)[:, :k]
+
+    return float(
+        np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(neighbours(a), neighbours(b))])
+    )
 
 
 def test_encode_contract(embedder):
@@ -25,10 +66,101 @@ def test_encode_captures_meaning(embedder):
     assert dress @ gown > dress @ laptop + 0.2
 
 
-def test_encode_matches_sentence_transformers(embedder):
-    texts = ["These jeans stretch out after a day.", "Runs small, order a size up."]
-    direct = embedder.model.encode(texts, normalize_embeddings=True)
-    assert np.allclose(embedder.encode(texts), direct, atol=1e-5)
+def test_encode_matches_sentence_transformers(fp32_embedder):
+    texts = ["These jeans stretch out after a day.", "Runs small, order a size up.", "x"]
+    direct = fp32_embedder.model.encode(texts, normalize_embeddings=True)
+    assert np.allclose(fp32_embedder.encode(texts), direct, atol=1e-5)
+
+
+def test_default_path_agrees_with_float32_encode(embedder, fp32_embedder, titles):
+    """The issue's bar for the default (fast) path: mean cosine >= 0.99, top-10 >= 0.95."""
+    reference = fp32_embedder.model.encode(titles, normalize_embeddings=True, batch_size=64)
+    default = Embedder(device="cpu", show_progress_bar=False)
+    assert (default.backend, default.dtype) == (embedder.backend, embedder.dtype)
+    vectors = embedder.encode(titles)
+    cosine = float(np.mean(np.sum(vectors * reference, axis=1)))
+    assert cosine >= 0.99, (embedder.model_id, cosine)
+    assert neighbour_overlap(reference, vectors) >= 0.95, embedder.model_id
+
+
+def test_batches_tokenise_like_sentence_transformers(fp32_embedder):
+    model = fp32_embedder.model
+    texts = ["  Hello   World ", "", "é naïve café", "word " * 1000, "Runs small."]
+    batches = list(embedding._padded_batches(model, texts, batch_size=2))
+    assert sorted(np.concatenate([rows for rows, _ in batches]).tolist()) == list(range(5))
+    for rows, features in batches:
+        for row, ids, mask in zip(rows, features["input_ids"], features["attention_mask"]):
+            expected = model.tokenizer(texts[row], truncation=True, max_length=256)["input_ids"]
+            assert ids[mask == 1].tolist() == expected
+            assert mask.tolist() == sorted(mask.tolist(), reverse=True)  # padding on the right
+    assert max(f["input_ids"].shape[1] for _, f in batches) == model.max_seq_length
+
+
+@pytest.mark.parametrize(
+    ("backend", "dtype", "suffix"),
+    [
+        ("torch", "float32", ""),
+        ("torch", "bfloat16", "+bf16"),
+        pytest.param("onnx", None, "", marks=needs_onnxruntime),
+        pytest.param("onnx-int8", None, "+onnx-int8", marks=needs_onnxruntime),
+    ],
+)
+def test_explicit_backend_contract(tmp_path_factory, fp32_embedder, backend, dtype, suffix):
+    onnx_cache = tmp_path_factory.mktemp("onnx")
+    path = Embedder(
+        device="cpu", backend=backend, dtype=dtype, onnx_cache=onnx_cache, show_progress_bar=False
+    )
+    assert path.model_id == fp32_embedder.model_id + suffix
+    texts = ["skinny jeans", "a wool coat for very cold winters", "", "skinny jeans"]
+    vectors = path.encode(texts)
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[3])
+    single = path.encode("skinny jeans")
+    assert single.shape == (384,) and single.dtype == np.float32
+    reference = fp32_embedder.encode(texts)
+    assert np.min(np.sum(vectors * reference, axis=1)) > (0.999999 if suffix == "" else 0.95)
+    if backend.startswith("onnx"):
+        exported = path.onnx_path()
+        assert exported.is_file() and exported.is_relative_to(onnx_cache)
+        stamp = exported.stat().st_mtime_ns
+        again = Embedder(device="cpu", backend=backend, onnx_cache=onnx_cache)
+        assert again.onnx_path() == exported and exported.stat().st_mtime_ns == stamp
+
+
+def test_onnx_without_onnxruntime_names_the_fast_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    for backend in ("onnx", "onnx-int8"):
+        with pytest.raises(ImportError, match=r"interest-profiler\[fast\]"):
+            Embedder(device="cpu", backend=backend)
+    assert Embedder(device="cpu").backend == "torch"  # auto never needs it
+
+
+def test_resolve_backend(monkeypatch, caplog):
+    monkeypatch.setattr(embedding, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("INFO", logger="profiler.embedding"):
+        assert resolve_backend("auto", None, "cpu") == ("torch", "float32")
+    assert "AMX" in caplog.text  # says that bfloat16 is there to be had, and why not default
+    assert resolve_backend("auto", "bf16", "cpu") == ("torch", "bfloat16")
+    assert resolve_backend("auto", None, "cuda") == ("torch", "float32")
+    assert resolve_backend("auto", "float16", "cuda:1") == ("torch", "float16")
+    assert resolve_backend("torch", None, "cpu") == ("torch", "float32")
+    with pytest.raises(ValueError, match="backend 'tensorrt'"):
+        resolve_backend("tensorrt", None, "cpu")
+    with pytest.raises(ValueError, match="dtype 'int4'"):
+        resolve_backend("torch", "int4", "cpu")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        resolve_backend("onnx", None, "cuda")
+    with pytest.raises(ValueError, match="torch-only"):
+        resolve_backend("onnx", "bfloat16", "cpu")
+
+
+def test_bfloat16_agrees_with_float32_encode(fp32_embedder, titles):
+    """The opt-in fast CPU path keeps the issue's agreement bar too."""
+    reference = fp32_embedder.model.encode(titles, normalize_embeddings=True, batch_size=64)
+    vectors = Embedder(device="cpu", dtype="bfloat16", show_progress_bar=False).encode(titles)
+    assert float(np.mean(np.sum(vectors * reference, axis=1))) >= 0.99
+    assert neighbour_overlap(reference, vectors) >= 0.95
 
 
 def test_encode_rejects_non_text(embedder):
