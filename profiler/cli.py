@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", required=True, type=Path, help="folder for shards + manifest")
     embed.add_argument("--model", help="bundled model name or local sentence-transformers folder")
     embed.add_argument("--batch-size", type=int, default=64)
-    embed.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    embed.add_argument(
+        "--dtype", default="auto", choices=list(DTYPES), help="model precision (default: auto)"
+    )
     embed.add_argument("--shard-size", type=int, default=10_000, help="input rows per shard")
     embed.add_argument("--device", default="auto", help="auto (each process's GPU, else cpu), cpu")
     embed.add_argument(

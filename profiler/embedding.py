@@ -278,20 +278,22 @@ def _require_onnxruntime(backend: str) -> None:
 def resolve_backend(backend: str, dtype: str | None, device: str) -> tuple[str, str]:
     """Resolve ``(backend, dtype)`` requests to the concrete pair that will run.
 
-    ``"auto"`` is torch, in ``dtype`` when one is asked and float32 otherwise, on CPU and
-    GPU alike. Measured against float32 ``SentenceTransformer.encode`` on the bundled
-    clothing titles and reviews (``benchmarks/embed.py``, Xeon with AMX, 2 cores):
+    ``"auto"`` without a dtype is the fastest path that keeps mean cosine >= 0.99 and
+    top-10 neighbour overlap >= 0.95 to float32 ``SentenceTransformer.encode``: torch
+    bfloat16 on CPUs that multiply bfloat16 in hardware (AMX), torch float32 on other CPUs
+    and on GPUs. Measured on the bundled clothing titles and reviews (``benchmarks/embed.py``,
+    2-core Xeon with AMX):
 
-    * torch float32 through :class:`Embedder` (token-length-sorted batches): exact
-      (max |diff| ~1e-7), 1.2-1.4x the texts/s;
-    * torch bfloat16 (``dtype="bfloat16"``, CPUs with AMX): mean cosine 0.99995, top-10
-      neighbour overlap 0.99, 2-4x the texts/s. Not the default: a text's vector then
-      depends on which texts share its batch (max |diff| ~1e-3 between a text embedded
-      alone and in a batch, 1e-7 in float32), so incremental updates stop matching
-      rebuilds exactly; without AMX it is ~2.5x slower than float32;
-    * ONNX Runtime float32 (``backend="onnx"``): exact, 1.2-1.3x, no faster than torch;
-    * ONNX Runtime int8 (``backend="onnx-int8"``): mean cosine 0.991, top-10 overlap
-      0.85-0.95, below the 0.95 bar the default must keep.
+    * torch bfloat16: mean cosine 0.99995, top-10 overlap 0.99, 2-4x the texts/s of
+      float32. A text's vector moves by up to ~1e-3 with the texts that share its batch
+      (float32: ~1e-7); workspaces cache each text's vector, so a rebuild reuses it. On
+      CPUs without AMX bfloat16 is ~2.5x *slower* than float32, hence the check;
+    * torch float32 through :class:`Embedder` (token-length-sorted batches): exact;
+    * ONNX Runtime float32 (``backend="onnx"``): exact, no faster than torch here;
+    * ONNX Runtime int8 (``backend="onnx-int8"``): mean cosine 0.991 but top-10 overlap
+      0.85-0.89, below the bar: opt-in only.
+
+    ``dtype`` given with ``"auto"`` is honoured as asked (torch in that dtype).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
@@ -309,10 +311,7 @@ def resolve_backend(backend: str, dtype: str | None, device: str) -> tuple[str, 
         _require_onnxruntime(backend)
         return backend, "float32"
     if backend == "auto" and not on_gpu and dtype is None and cpu_has_native_bf16():
-        logger.info(
-            "this CPU has AMX: dtype='bfloat16' embeds 2-4x faster (mean cosine 0.99995 to "
-            "float32) but batch-dependent at ~1e-3; using float32"
-        )
+        return "torch", "bfloat16"
     return "torch", dtype or "float32"
 
 
@@ -451,8 +450,19 @@ class Embedder:
         *,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
+        store: bool = True,
     ) -> np.ndarray:
         """Embed texts; cached texts are not recomputed, duplicates are computed once.
+
+        Parameters
+        ----------
+        texts : str or list of str
+        batch_size, show_progress_bar : optional
+            Override the instance's settings for this call.
+        store : bool
+            Write newly computed vectors to the cache (when there is one). Serving passes
+            ``False`` for one-off query texts: the cache still answers, but a stream of
+            queries does not add a file to disk per call.
 
         Returns
         -------
@@ -478,7 +488,7 @@ class Embedder:
             fresh = self._encode_uncached(
                 [batch[i] for i in first[todo]], batch_size, show_progress_bar
             )
-            if self.cache is not None:
+            if self.cache is not None and store:
                 self.cache.put(unique_keys[todo], fresh)
         dim = fresh.shape[1] if fresh is not None else cached.shape[1]
         unique_vectors = np.empty((len(unique_keys), dim), dtype=np.float32)

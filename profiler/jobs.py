@@ -50,7 +50,7 @@ __all__ = ["DTYPES", "EmbedJob", "ShardedEmbeddings", "input_files", "input_fing
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 _JOB_FILE = "job.json"
 _MANIFEST = "manifest.json"
 _OUTPUT_FILES = (
@@ -178,7 +178,9 @@ class EmbedJob:
     batch_size : int
         Texts per forward pass.
     dtype : str
-        ``float32``, ``float16`` or ``bfloat16`` weights; shards are float32 either way.
+        ``auto`` (the embedder's default: the fastest precision that agrees with float32
+        on this device), ``float32``, ``float16`` or ``bfloat16``; shards are float32
+        either way, and the manifest's model id names the precision.
     shard_size : int
         Input rows per shard: the unit of work, of resumption and of memory.
     device : str, optional
@@ -191,7 +193,7 @@ class EmbedJob:
     id_column: str = "item_id"
     model: str | None = None
     batch_size: int = 64
-    dtype: str = "float32"
+    dtype: str = "auto"
     shard_size: int = 10_000
     device: str | None = None
 
@@ -247,6 +249,8 @@ class EmbedJob:
             "model_id": encoder.model_id,
             "input": {"files": [f.name for f in files], "fingerprint": input_fingerprint(files)},
             **{k: v for k, v in asdict(self).items() if k not in ("input", "output", "device")},
+            # The precision that runs, not the request: "auto" differs between machines.
+            "dtype": getattr(encoder, "dtype", self.dtype),
         }
         if state.is_main_process:
             self._start(out, job, overwrite)
@@ -303,7 +307,7 @@ class EmbedJob:
             self.model,
             device=device,
             batch_size=self.batch_size,
-            dtype=self.dtype,
+            dtype=None if self.dtype == "auto" else self.dtype,
             show_progress_bar=False,
         )
 

@@ -334,6 +334,8 @@ class Workspace:
         show_progress_bar: bool | None = None,
         embedder: Embedder | None = None,
         item_vectors: str | os.PathLike[str] | ShardedEmbeddings | None = None,
+        backend: str = "auto",
+        dtype: str | None = None,
     ) -> Workspace:
         """Validate inputs, embed items and event texts, index items, persist everything.
 
@@ -355,6 +357,10 @@ class Workspace:
         embedder : Embedder, optional
             An already loaded embedder to reuse (``model`` and ``device`` are then
             ignored); its cache is pointed at this workspace.
+        backend, dtype : str, optional
+            The embedder's engine and precision (see :class:`profiler.embedding.Embedder`;
+            the default is the fastest path that agrees with float32). The workspace
+            records them, and :meth:`open` embeds queries with the same numerics.
         item_vectors : path or ShardedEmbeddings, optional
             The output of an embedding job (``profiler embed``) over the catalogue, keyed
             by ``item_id``: its vectors are used instead of embedding the items again.
@@ -382,6 +388,8 @@ class Workspace:
                 device=device,
                 batch_size=batch_size,
                 show_progress_bar=show_progress_bar,
+                backend=backend,
+                dtype=dtype,
             )
             documents = [item_document(row) for row in items.frame.to_dict(orient="records")]
             item_vectors = _item_vectors(embedder, items.frame["item_id"], documents, item_vectors)
@@ -405,6 +413,9 @@ class Workspace:
                 "updated": now,
                 "model": {
                     "model_id": embedder.model_id,
+                    "base_model_id": embedder.spec.model_id,
+                    "backend": embedder.backend,
+                    "dtype": embedder.dtype,
                     "dim": int(item_vectors.shape[1]),
                     "path": str(embedder.spec.path),
                 },
@@ -470,17 +481,22 @@ class Workspace:
                 f"this library reads format {FORMAT_VERSION}: rebuild it"
             )
         built_with = manifest["model"]["model_id"]
-        if model is not None and resolve_model(model).model_id != built_with:
+        base = manifest["model"].get("base_model_id", built_with)
+        if model is not None and resolve_model(model).model_id != base:
             raise ValueError(
-                f"{path}: built with model {built_with!r}, not {resolve_model(model).model_id!r}; "
+                f"{path}: built with model {base!r}, not {resolve_model(model).model_id!r}; "
                 "rebuild the workspace to use another model"
             )
+        # Queries are embedded with the numerics the workspace was built with, whatever
+        # this machine's default: vectors of different precisions are not mixed.
         embedder = _workspace_embedder(
             embedder,
             path,
             model=model if model is not None else _model_source(manifest),
             device=device,
             show_progress_bar=show_progress_bar,
+            backend=manifest["model"].get("backend", "torch"),
+            dtype=manifest["model"].get("dtype", "float32"),
         )
         if embedder.model_id != built_with:
             raise ValueError(
@@ -538,7 +554,7 @@ class Workspace:
                 raise ValueError(f"query at position {position} is empty or not text: {query!r}")
         if not queries:
             return []
-        hits = self.item_index.search(self.embedder.encode(queries), k)
+        hits = self.item_index.search(self.embedder.encode(queries, store=False), k)
         return [self._results(ids, scores) for ids, scores in zip(hits.ids, hits.scores)]
 
     def user_events(self, user: str) -> pd.DataFrame:
@@ -604,13 +620,17 @@ class Workspace:
             overrides = self.tag_overrides()
             pinned, removed_tags = overrides.pinned(user), overrides.removed(user)
             if pinned:  # a pinned tag is a standing search for it
-                query = Query(user, query.events, tuple(pinned), self.embedder.encode(pinned))
+                query = Query(
+                    user, query.events, tuple(pinned), self.embedder.encode(pinned, store=False)
+                )
         else:
             texts = [history] if isinstance(history, str) else list(history)
             texts = [t for t in texts if isinstance(t, str) and t.strip()]
             if not texts:
                 raise ValueError("history must hold at least one non-empty text")
-            query = Query(None, self.events.iloc[:0], tuple(texts), self.embedder.encode(texts))
+            query = Query(
+                None, self.events.iloc[:0], tuple(texts), self.embedder.encode(texts, store=False)
+            )
         recommender = self.recommender
         corpus = self.corpus()
         scores = np.asarray(recommender.score(query), dtype=np.float64).copy()

@@ -19,8 +19,13 @@ TINY_CLASSES = ("Jeans", "Swim", "Dresses", "Sweaters", "Outerwear", "Skirts", "
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    """The bundled all-MiniLM-L6-v2, loaded once for the whole session (no cache)."""
-    model = Embedder(device="cpu", show_progress_bar=False)
+    """The bundled all-MiniLM-L6-v2 in torch float32, loaded once per session (no cache).
+
+    Float32, not the machine's default (bfloat16 on CPUs with AMX): its vectors do not
+    depend on batch composition, so tests can compare to 1e-5 on any CPU. The default
+    path has its own agreement tests in ``test_embedding.py`` and ``test_jobs.py``.
+    """
+    model = Embedder(device="cpu", backend="torch", dtype="float32", show_progress_bar=False)
     model.encode(["warm up"])
     return model
 

@@ -71,6 +71,17 @@ def test_open_round_trip_and_model_check(built, embedder):
         Workspace.open(built.path, model=embedder.spec.path)  # same weights, other id
 
 
+def test_open_embeds_queries_with_the_numerics_it_was_built_with(built, embedder):
+    model = json.loads((built.path / "manifest.json").read_text())["model"]
+    assert (model["backend"], model["dtype"]) == ("torch", "float32")
+    assert model["base_model_id"] == embedder.spec.model_id == model["model_id"]
+    # Opened without an embedder, on any CPU (bfloat16 is the default where AMX exists),
+    # queries are embedded in float32, as the items were.
+    opened = profiler.open(built.path)
+    assert (opened.embedder.backend, opened.embedder.dtype) == ("torch", "float32")
+    assert opened.embedder.model_id == built.embedder.model_id
+
+
 def test_open_rejects_other_format_and_missing(built, tmp_path):
     manifest = json.loads((built.path / "manifest.json").read_text())
     manifest["format_version"] = 99
@@ -158,3 +169,10 @@ def test_category_filter_and_diversity(built):
     assert len(kinds) > len({category_of(built, i) for i in plain.ids})
     with pytest.raises(ValueError, match="no item has a category"):
         built.recommend(history=["jeans"], categories=["Garden"])
+
+
+def test_queries_do_not_write_the_embedding_cache(built):
+    parts = sorted(built.path.glob("embeddings/*/part-*.npz"))
+    built.search("a query nobody made before", k=2)
+    built.recommend(history=["another brand new query"], k=2)
+    assert sorted(built.path.glob("embeddings/*/part-*.npz")) == parts
