@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -633,7 +634,8 @@ class Workspace:
             )
         recommender = self.recommender
         corpus = self.corpus()
-        scores = np.asarray(recommender.score(query), dtype=np.float64).copy()
+        with _one_blas_thread():
+            scores = np.asarray(recommender.score(query), dtype=np.float64).copy()
         scores[corpus.positions(query.seen)] = -np.inf
         if removed_tags:
             from profiler.tags.taxonomy import category_tag
@@ -765,6 +767,26 @@ class Workspace:
             f"Workspace({str(self.path)!r}, items={counts['items']}, events={counts['events']}, "
             f"users={counts['users']}, model={self.manifest['model']['model_id']!r})"
         )
+
+
+@functools.cache
+def _thread_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run one query's scoring on one BLAS thread.
+
+    Scoring one shopper is a few matrix-vector products. With the default threads,
+    OpenBLAS's workers stay spinning after each product and starve the transformer's
+    threads on the next query's embedding: on 2 cores that made a one-query ``recommend``
+    p50 24 ms / p99 120 ms instead of 7 / 9 ms (``benchmarks/recommend.py``).
+    """
+    with _thread_controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 def _workspace_embedder(embedder: Embedder | None, path: Path, **kwargs) -> Embedder:

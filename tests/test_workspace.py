@@ -176,3 +176,21 @@ def test_queries_do_not_write_the_embedding_cache(built):
     built.search("a query nobody made before", k=2)
     built.recommend(history=["another brand new query"], k=2)
     assert sorted(built.path.glob("embeddings/*/part-*.npz")) == parts
+
+
+def test_one_query_scoring_runs_on_one_blas_thread(built, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from profiler import workspace
+
+    seen = []
+    score = built.recommender.score
+
+    def spy(query):
+        seen.append([d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"])
+        return score(query)
+
+    monkeypatch.setattr(built.recommender, "score", spy)
+    built.recommend(history=["red dress"], k=2)
+    assert seen and all(n == 1 for n in seen[0])
+    assert workspace._thread_controller() is workspace._thread_controller()
