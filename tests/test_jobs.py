@@ -65,6 +65,14 @@ def run_job(source: Path, out: Path, encoder=None, **kwargs) -> ShardedEmbedding
     return job.run(encoder=encoder or HashingEncoder(), state=SingleProcess())
 
 
+def embed_argv(source: Path, out: Path, shard_size: int) -> list[str]:
+    """``profiler embed`` arguments for the titles file, on the CPU."""
+    return [
+        "embed", "--input", str(source), "--text-column", "title", "--id-column", "item_id",
+        "--output", str(out), "--shard-size", str(shard_size), "--device", "cpu",
+    ]  # fmt: skip
+
+
 def output_bytes(directory: Path) -> dict[str, bytes]:
     """Every file of a job's output, the manifest without its finishing time."""
     files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
@@ -212,22 +220,7 @@ def test_build_refuses_vectors_from_another_model(tiny_files, embedder, tmp_path
 
 def test_cli_embed_with_the_bundled_model(titles_file, titles, embedder, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [
-        "embed",
-        "--input",
-        str(titles_file),
-        "--text-column",
-        "title",
-        "--id-column",
-        "item_id",
-        "--output",
-        str(out),
-        "--shard-size",
-        "50",
-        "--device",
-        "cpu",
-        "-q",
-    ]
+    argv = [*embed_argv(titles_file, out, shard_size=50), "-q"]
     assert main(argv) == 0
     assert "130 vectors (384-d) in 3 shards, 0 rows rejected" in capsys.readouterr().out
     shards = ShardedEmbeddings(out)
@@ -265,19 +258,7 @@ def test_two_processes_under_accelerate_cover_every_row_once(
         "no",
         "-m",
         "profiler.cli",
-        "embed",
-        "--input",
-        str(titles_file),
-        "--text-column",
-        "title",
-        "--id-column",
-        "item_id",
-        "--output",
-        str(out),
-        "--shard-size",
-        "20",
-        "--device",
-        "cpu",
+        *embed_argv(titles_file, out, shard_size=20),
         "--dtype",
         "float32",
         "-v",
