@@ -226,7 +226,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False)
+    ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False, mmap=True)
     query = " ".join(args.query)
     _emit(args, "query", query, f"query: {query}", ws.search(query, k=args.k))
     return 0
@@ -243,7 +243,7 @@ def _read_user_file(path: Path) -> list[str]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False)
+    ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False, mmap=True)
     options = {"k": args.k, "categories": args.category, "diversity": args.diversity}
     if args.history is not None:
         results = ws.recommend(history=args.history, **options)

@@ -197,6 +197,11 @@ class VectorIndex(ABC):
         """All ids currently in the index, in insertion order."""
         return self._id_map.ids
 
+    @property
+    def read_only(self) -> bool:
+        """True for an index loaded with ``mmap=True``: it can be searched, not changed."""
+        return self._read_only
+
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Add new vectors; raise ``ValueError`` for ids already present or duplicated."""
         self._check_writable()

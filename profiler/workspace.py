@@ -455,11 +455,15 @@ class Workspace:
         device: str | None = None,
         show_progress_bar: bool | None = None,
         embedder: Embedder | None = None,
+        mmap: bool = False,
     ) -> Workspace:
         """Open a built workspace; the model is loaded only when a text must be embedded.
 
         ``embedder`` reuses an already loaded model (it must be the one the workspace was
-        built with).
+        built with). With ``mmap=True`` the item and user indexes are memory-mapped
+        read-only instead of read: opening a large workspace is quick and processes that
+        serve from it share the pages. Such a workspace answers queries but
+        :meth:`add_events` and :meth:`feedback` raise ``ValueError``.
 
         Raises
         ------
@@ -505,14 +509,14 @@ class Workspace:
                 "is installed; rebuild the workspace"
             )
         dim = manifest["model"]["dim"]
-        index = load_index(path, "items", model_id=built_with, dim=dim)
+        index = load_index(path, "items", model_id=built_with, dim=dim, mmap=mmap)
         items = pd.read_parquet(path / "items.parquet")
         events = pd.read_parquet(path / "events.parquet")
         event_vectors = np.load(path / "event_vectors.npy", allow_pickle=False)
         profiles, config, user_index = {}, None, None
         if (path / "profiles.json").is_file():
             profiles, config = load_profiles(path)
-            user_index = load_index(path, "users", model_id=built_with, dim=dim)
+            user_index = load_index(path, "users", model_id=built_with, dim=dim, mmap=mmap)
         return cls(
             path, manifest, items, events, index, event_vectors, embedder,
             profiles, config, user_index,
@@ -677,6 +681,10 @@ class Workspace:
         int
             Number of events added.
         """
+        if self.item_index.read_only:
+            raise ValueError(
+                f"{self.path}: opened with mmap=True, read-only; open it without mmap to add events"
+            )
         with _locked(self.path):
             loaded = load_events(
                 events,

@@ -194,3 +194,13 @@ def test_one_query_scoring_runs_on_one_blas_thread(built, monkeypatch):
     built.recommend(history=["red dress"], k=2)
     assert seen and all(n == 1 for n in seen[0])
     assert workspace._thread_controller() is workspace._thread_controller()
+
+
+def test_mmap_open_serves_the_same_results_and_refuses_writes(built, embedder):
+    mapped = profiler.open(built.path, embedder=embedder, mmap=True)
+    assert mapped.search("denim jeans", k=5).ids == built.search("denim jeans", k=5).ids
+    user = built.users[0]
+    assert mapped.recommend(user, k=5).ids == built.recommend(user, k=5).ids
+    with pytest.raises(ValueError, match="read-only"):
+        mapped.feedback(user, built.items["item_id"].iloc[0], liked=True)
+    assert len(profiler.open(built.path, embedder=embedder).events) == len(built.events)
