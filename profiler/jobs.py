@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from profiler.data.loading import FORMATS, iter_rows, read_columns
+from profiler.data.validation import _json_safe
 from profiler.storage import read_json, save_npy, write_json, write_text
 
 if TYPE_CHECKING:
@@ -118,10 +119,7 @@ class _Rejected:
     record: dict
 
     def to_json(self) -> str:
-        record = {
-            k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
-            for k, v in self.record.items()
-        }
+        record = _json_safe(self.record)  # NaN -> null, numpy scalars -> Python
         return json.dumps(
             {
                 "file": self.file,
@@ -134,7 +132,9 @@ class _Rejected:
         )
 
 
-def _check_row(file: Path, row: int, record: dict, id_column: str, text_column: str):
+def _check_row(
+    file: Path, row: int, record: dict, id_column: str, text_column: str
+) -> _Row | _Rejected:
     item_id = record.get(id_column)
     text = record.get(text_column)
     if item_id is None or (isinstance(item_id, float) and np.isnan(item_id)):

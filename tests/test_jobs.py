@@ -310,3 +310,18 @@ def test_overwrite_never_deletes_files_the_job_did_not_write(titles_file, titles
     assert (fresh / "notes.txt").read_text() == "mine"
     assert not list(fresh.glob(".*.tmp"))
     assert sorted(p.name for p in fresh.glob("shard-*[0-9].npy")) == ["shard-00000.npy"]
+
+
+def test_quarantine_lines_are_valid_json_with_nan_values(tmp_path):
+    source = tmp_path / "items.jsonl"
+    source.write_text(
+        '{"item_id": "a", "title": "linen shirt", "price": 10.5}\n'
+        '{"item_id": "b", "title": null, "price": NaN}\n',
+        encoding="utf-8",
+    )
+    shards = run_job(source, tmp_path / "out")
+    assert shards.ids.tolist() == ["a"]
+    line = (tmp_path / "out/quarantine.jsonl").read_text(encoding="utf-8").strip()
+    rejected = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert (rejected["row"], rejected["field"], rejected["reason"]) == (2, "title", "missing text")
+    assert rejected["record"]["price"] is None
