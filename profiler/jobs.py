@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from profiler.data.loading import FORMATS, iter_rows, read_columns
-from profiler.data.validation import _json_safe
+from profiler.data.validation import json_safe
 from profiler.storage import read_json, save_npy, write_json, write_text
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class _Rejected:
     record: dict
 
     def to_json(self) -> str:
-        record = _json_safe(self.record)  # NaN -> null, numpy scalars -> Python
+        record = json_safe(self.record)  # NaN -> null, numpy scalars -> Python
         return json.dumps(
             {
                 "file": self.file,

@@ -220,7 +220,8 @@ def _check_columns(name: str, source: Source, required: Iterable[str], rename: M
         )
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON types: NaN/inf -> None, numpy scalars -> Python, others -> str."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (np.generic,)):
@@ -228,9 +229,9 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     return str(value)
 
 
@@ -247,7 +248,7 @@ def _write_quarantine(path: Path | None, rejections: list[Rejection]) -> Path | 
                 "row": r.row,
                 "field": r.field,
                 "reason": r.reason,
-                "record": _json_safe(r.record),
+                "record": json_safe(r.record),
             },
             ensure_ascii=False,
         )
