@@ -41,11 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from machine import PACKAGES, machine_facts
+from machine import PACKAGES, write_results
 
 import profiler
 from profiler.embedding import Embedder
-from profiler.storage import write_json
 
 logger = logging.getLogger("benchmarks.embed")
 
@@ -228,31 +227,26 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_set(name, texts, sides, args.batch_size, args.repeats)
 
     print(format_table(rows))
-    write_json(
+    write_results(
         args.out,
+        "embed",
         {
-            "benchmark": "embed",
-            "config": {
-                "n": args.n,
-                "batch_size": args.batch_size,
-                "repeats": args.repeats,
-                "chunk": CHUNK,
-                "device": embedder.device,
-                "default_backend": embedder.backend,
-                "default_dtype": embedder.dtype,
-                "model_id": embedder.model_id,
-                "paths": {side: e.model_id for side, e in embedders.items()},
-                "model_path": str(embedder.spec.path),
-                "dim": dim,
-                "texts": {
-                    name: f"{path.name}:{column}" for name, (path, column) in TEXT_SETS.items()
-                },
-            },
-            "machine": machine_facts((*PACKAGES, "onnxruntime", "onnx")),
-            "results": rows,
+            "n": args.n,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "chunk": CHUNK,
+            "device": embedder.device,
+            "default_backend": embedder.backend,
+            "default_dtype": embedder.dtype,
+            "model_id": embedder.model_id,
+            "paths": {side: e.model_id for side, e in embedders.items()},
+            "model_path": str(embedder.spec.path),
+            "dim": dim,
+            "texts": {name: f"{path.name}:{column}" for name, (path, column) in TEXT_SETS.items()},
         },
+        rows,
+        packages=(*PACKAGES, "onnxruntime", "onnx"),
     )
-    print(f"\nwrote {args.out}")
     return 0
 
 

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
-from machine import machine_facts
+from machine import write_results
 
 from profiler.data import clothing_catalog
-from profiler.storage import write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "embed_job.json"
 
@@ -164,21 +163,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['texts_per_second']:>8.0f} {row['peak_rss_mib']:>9.0f} "
             f"{row['peak_vs_smallest']:>7.2f}x"
         )
-    write_json(
+    write_results(
         args.out,
+        "embed_job",
         {
-            "benchmark": "embed_job",
-            "config": {
-                "sizes": sizes,
-                "shard_size": args.shard_size,
-                "batch_size": args.batch_size,
-                "texts": "pairs of bundled catalogue titles, 99% distinct",
-            },
-            "machine": machine_facts(),
-            "results": rows,
+            "sizes": sizes,
+            "shard_size": args.shard_size,
+            "batch_size": args.batch_size,
+            "texts": "pairs of bundled catalogue titles, 99% distinct",
         },
+        rows,
     )
-    print(f"\nwrote {args.out}")
     return 0
 
 

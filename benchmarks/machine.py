@@ -1,5 +1,5 @@
 """Machine facts recorded with every benchmark result, so runs on different machines are
-never compared by their absolute numbers."""
+never compared by their absolute numbers, and the one JSON layout every benchmark writes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import os
 import platform
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from profiler.storage import write_json
 
 PACKAGES = ("torch", "faiss-cpu", "numpy", "sentence-transformers", "transformers")
 
@@ -44,3 +47,26 @@ def machine_facts(packages: Sequence[str] = PACKAGES) -> dict:
         "versions": versions,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_results(
+    out: Path,
+    benchmark: str,
+    config: dict,
+    rows: list[dict],
+    *,
+    packages: Sequence[str] = PACKAGES,
+    **extra,
+) -> None:
+    """Write ``{benchmark, config, machine, results, **extra}`` to ``out`` and say so."""
+    write_json(
+        out,
+        {
+            "benchmark": benchmark,
+            "config": config,
+            **extra,
+            "machine": machine_facts(packages),
+            "results": rows,
+        },
+    )
+    print(f"\nwrote {out}")

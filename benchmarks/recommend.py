@@ -36,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from machine import machine_facts
+from machine import write_results
 
 import profiler
 from profiler.data import clothing_catalog, clothing_events
-from profiler.storage import write_json
 
 logger = logging.getLogger("benchmarks.recommend")
 
@@ -130,24 +129,20 @@ def main(argv: list[str] | None = None) -> int:
         row["p50_vs_encode"] = row["p50_ms"] / floor
 
     print(format_table(rows))
-    write_json(
+    write_results(
         args.out,
+        "recommend",
         {
-            "benchmark": "recommend",
-            "config": {
-                "workspace": str(args.workspace),
-                "items": len(ws.items),
-                "users": len(ws.profiles),
-                "k": args.k,
-                "threads": torch.get_num_threads(),
-                "model_id": ws.embedder.model_id,
-                "queries": "bundled catalogue titles, each once",
-            },
-            "machine": machine_facts(),
-            "results": rows,
+            "workspace": str(args.workspace),
+            "items": len(ws.items),
+            "users": len(ws.profiles),
+            "k": args.k,
+            "threads": torch.get_num_threads(),
+            "model_id": ws.embedder.model_id,
+            "queries": "bundled catalogue titles, each once",
         },
+        rows,
     )
-    print(f"\nwrote {args.out}")
     return 0
 
 

@@ -76,12 +76,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pandas as pd
-from machine import machine_facts
+from machine import write_results
 from threadpoolctl import threadpool_limits
 
 import profiler
 from profiler.embedding import Embedder
-from profiler.storage import write_json
 from profiler.vectors import ANN_THRESHOLD, ExactIndex, FaissIndex, VectorIndex
 
 logger = logging.getLogger("benchmarks.search")
@@ -304,39 +303,37 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
 
     print(format_table(rows))
-    write_json(
+    print(f"\ntook {total:.0f} s")
+    write_results(
         args.out,
+        "search",
         {
-            "benchmark": "search",
-            "config": {
-                "sizes": args.sizes,
-                "dim": int(real.shape[1]),
-                "k": K,
-                "n_queries": args.queries,
-                "exact_queries": args.exact_queries,
-                "real_queries": args.real_queries,
-                "ann_threshold": ANN_THRESHOLD,
-                "threads": 1,
-                "seed": args.seed,
-                "data": {
-                    "kind": "synthetic anchored on real embeddings",
-                    "description": (
-                        f"{len(real)} real all-MiniLM-L6-v2 embeddings of the bundled "
-                        "clothing titles, descriptions and reviews are anchors; each vector "
-                        "is a random anchor plus Gaussian noise with the anchors' covariance "
-                        f"scaled by {args.noise}, L2-normalised. Queries are fresh draws."
-                    ),
-                    "n_anchors": len(real),
-                    "noise": args.noise,
-                    "mean_cosine_to_anchor": anchor_cosine,
-                },
+            "sizes": args.sizes,
+            "dim": int(real.shape[1]),
+            "k": K,
+            "n_queries": args.queries,
+            "exact_queries": args.exact_queries,
+            "real_queries": args.real_queries,
+            "ann_threshold": ANN_THRESHOLD,
+            "threads": 1,
+            "seed": args.seed,
+            "data": {
+                "kind": "synthetic anchored on real embeddings",
+                "description": (
+                    f"{len(real)} real all-MiniLM-L6-v2 embeddings of the bundled "
+                    "clothing titles, descriptions and reviews are anchors; each vector "
+                    "is a random anchor plus Gaussian noise with the anchors' covariance "
+                    f"scaled by {args.noise}, L2-normalised. Queries are fresh draws."
+                ),
+                "n_anchors": len(real),
+                "noise": args.noise,
+                "mean_cosine_to_anchor": anchor_cosine,
             },
-            "total_seconds": total,
-            "machine": machine_facts(("torch", "faiss-cpu", "numpy")),
-            "results": rows,
         },
+        rows,
+        packages=("torch", "faiss-cpu", "numpy"),
+        total_seconds=total,
     )
-    print(f"\nwrote {args.out} ({total:.0f} s)")
     return 0
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from machine import machine_facts
+from machine import write_results
 
-from profiler.storage import write_json
 from profiler.vectors import ANN_THRESHOLD, FaissIndex
 
 DIM = 384
@@ -66,14 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         ok = "yes" if row["queries_per_second"] >= args.target else "no"
         print(f"{row['size']:>9} {row['queries_per_second']:>20.1f} {ok:>9}")
     print(f"ANN_THRESHOLD in profiler.vectors: {ANN_THRESHOLD}")
-    write_json(
+    write_results(
         args.out,
-        {
-            "benchmark": "search_threshold",
-            "config": {"dim": DIM, "k": K, "n_queries": args.queries, "target": args.target},
-            "machine": machine_facts(("faiss-cpu", "numpy")),
-            "results": rows,
-        },
+        "search_threshold",
+        {"dim": DIM, "k": K, "n_queries": args.queries, "target": args.target},
+        rows,
+        packages=("faiss-cpu", "numpy"),
     )
     return 0
 
