@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +42,9 @@ __all__ = [
     "Evidence",
     "ProfileBuilder",
     "ProfileConfig",
+    "ProfileStore",
     "UserProfile",
+    "build_profiles",
     "load_profiles",
     "save_profiles",
 ]
@@ -348,69 +350,291 @@ class ProfileBuilder:
         return np.stack([_unit(s) for s in sums]), np.array(weights)
 
 
-# -- persistence ----------------------------------------------------------------------------
+# -- many users at once ---------------------------------------------------------------------
+
+
+def build_profiles(
+    builder: ProfileBuilder,
+    user_ids: np.ndarray,
+    evidence: Evidence,
+) -> ProfileStore:
+    """Every user's profile from all evidence at once, with array operations.
+
+    Equal to :meth:`ProfileBuilder.build` per user (tested), but the sums are one sparse
+    product and the centres of users with at most ``max_centres`` positive events (one per
+    event) are copied in bulk; only broader users are clustered one by one.
+
+    Parameters
+    ----------
+    builder : ProfileBuilder
+        How evidence becomes a profile.
+    user_ids : ndarray of str, shape (n_events,)
+        The user of each piece of evidence; within a user, evidence is oldest first.
+    evidence : Evidence
+        Aligned with ``user_ids``.
+    """
+    from scipy import sparse
+
+    codes, users = pd.factorize(pd.Series(user_ids, dtype=object), sort=False)
+    n_users, dim = len(users), evidence.vectors.shape[1]
+    if not n_users:
+        return ProfileStore.empty(dim)
+    last = np.full(n_users, -np.inf)
+    np.maximum.at(last, codes, evidence.timestamps)
+    decayed = evidence.weights * builder.decay(last[codes] - evidence.timestamps)
+    positive = np.maximum(decayed, 0.0)
+    negative = np.maximum(-decayed, 0.0)
+    push = positive - builder.config.negative_push * negative
+    events = np.arange(len(codes))
+    vectors = evidence.vectors.astype(np.float64)
+
+    def per_user(values: np.ndarray) -> np.ndarray:
+        matrix = sparse.csr_matrix((values, (codes, events)), shape=(n_users, len(codes)))
+        return np.asarray(matrix @ vectors)
+
+    n_positive = np.bincount(codes, weights=(decayed > 0), minlength=n_users).astype(np.int64)
+    simple = n_positive <= builder.config.max_centres
+    keep = (decayed > 0) & simple[codes]
+    # Positive events of simple users, grouped by user in event order: their centres.
+    order = np.argsort(codes[keep], kind="stable")
+    simple_rows = np.flatnonzero(keep)[order]
+    centres_of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    by_user = pd.Series(np.arange(len(codes))).groupby(codes).indices
+    for user in np.flatnonzero(~simple):
+        rows = by_user[user]
+        centres_of[user] = builder.centres(evidence.vectors[rows], decayed[rows])
+    counts = np.where(simple, n_positive, 0)
+    for user, (centres, _) in centres_of.items():
+        counts[user] = len(centres)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    all_centres = np.empty((offsets[-1], dim), np.float32)
+    all_weights = np.empty(offsets[-1])
+    simple_users = codes[simple_rows]
+    slots = offsets[simple_users] + _rank_within(simple_users)
+    norms = np.linalg.norm(vectors[simple_rows], axis=1, keepdims=True)
+    unit = vectors[simple_rows] / np.maximum(norms, 1e-12)
+    all_centres[slots] = np.where(norms > 1e-12, unit, 0.0)
+    all_weights[slots] = decayed[simple_rows]
+    for user, (centres, weights) in centres_of.items():
+        all_centres[offsets[user] : offsets[user + 1]] = centres
+        all_weights[offsets[user] : offsets[user + 1]] = weights
+    return ProfileStore(
+        list(users),
+        n_events=np.bincount(codes, minlength=n_users).astype(np.int64),
+        last_timestamp=last,
+        pos_sum=per_user(push),
+        pos_mass=np.bincount(codes, weights=positive, minlength=n_users),
+        neg_sum=per_user(negative),
+        neg_mass=np.bincount(codes, weights=negative, minlength=n_users),
+        centre_offsets=offsets,
+        centres=all_centres,
+        centre_weights=all_weights,
+    )
+
+
+def _rank_within(sorted_codes: np.ndarray) -> np.ndarray:
+    """0, 1, 2... within each run of equal values of a sorted code array."""
+    if not len(sorted_codes):
+        return np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    run = np.repeat(starts, np.diff(np.r_[starts, len(sorted_codes)]))
+    return np.arange(len(sorted_codes)) - run
+
+
+# -- stored profiles ------------------------------------------------------------------------
+
+_ARRAYS = (
+    "n_events",
+    "last_timestamp",
+    "pos_sum",
+    "pos_mass",
+    "neg_sum",
+    "neg_mass",
+    "centre_offsets",
+    "centres",
+    "centre_weights",
+)
+
+
+class ProfileStore(MutableMapping):
+    """Every user's profile as arrays (row per user), readable as ``{user_id: UserProfile}``.
+
+    Sums are stored as float32 (a profile's direction is all serving needs, and 300k users
+    x 384 dims in float64 would be 0.9 GB per sum); arrays may be memory-mapped, so opening a
+    large workspace reads only the rows a query touches. Profiles set after loading
+    (``store[user] = profile``, incremental updates) are kept beside the arrays until
+    :meth:`save` writes one consistent set.
+    """
+
+    def __init__(self, user_ids: list[str], **arrays: np.ndarray) -> None:
+        missing = set(_ARRAYS) - set(arrays)
+        if missing:
+            raise ValueError(f"profile arrays missing: {sorted(missing)}")
+        self._users = list(user_ids)
+        self.row_ = {u: r for r, u in enumerate(self._users)}
+        self._arrays = arrays
+        self._changed: dict[str, UserProfile] = {}
+        n = len(self._users)
+        if any(len(arrays[name]) != n for name in _ARRAYS if not name.startswith("centre")):
+            raise ValueError("profile arrays disagree on the number of users; rebuild")
+        if len(arrays["centre_offsets"]) != n + 1:
+            raise ValueError("profile centre offsets disagree with the number of users; rebuild")
+
+    @classmethod
+    def empty(cls, dim: int) -> ProfileStore:
+        return cls([], **_empty_arrays(dim))
+
+    @classmethod
+    def from_profiles(cls, profiles: Mapping[str, UserProfile], dim: int) -> ProfileStore:
+        store = cls.empty(dim)
+        for user, profile in profiles.items():
+            store[user] = profile
+        return store
+
+    @property
+    def dim(self) -> int:
+        return int(self._arrays["pos_sum"].shape[1])
+
+    def __len__(self) -> int:
+        return len(self._users) + sum(u not in self.row_ for u in self._changed)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._users
+        yield from (u for u in self._changed if u not in self.row_)
+
+    def __contains__(self, user: object) -> bool:
+        return user in self.row_ or user in self._changed
+
+    def __getitem__(self, user: str) -> UserProfile:
+        if user in self._changed:
+            return self._changed[user]
+        row = self.row_[user]
+        a = self._arrays
+        lo, hi = int(a["centre_offsets"][row]), int(a["centre_offsets"][row + 1])
+        return UserProfile(
+            user,
+            int(a["n_events"][row]),
+            float(a["last_timestamp"][row]),
+            np.asarray(a["pos_sum"][row], dtype=np.float64),
+            float(a["pos_mass"][row]),
+            np.asarray(a["neg_sum"][row], dtype=np.float64),
+            float(a["neg_mass"][row]),
+            np.asarray(a["centres"][lo:hi], dtype=np.float32),
+            np.asarray(a["centre_weights"][lo:hi], dtype=np.float64),
+        )
+
+    def __setitem__(self, user: str, profile: UserProfile) -> None:
+        self._changed[user] = profile
+
+    def __delitem__(self, user: str) -> None:
+        raise NotImplementedError("profiles are removed by rebuilding without the user")
+
+    def vectors(self, users: Iterable[str] | None = None) -> np.ndarray:
+        """Unit profile vectors ``[n, dim]`` (float32) of ``users`` (default: all)."""
+        users = list(self) if users is None else list(users)
+        out = np.zeros((len(users), self.dim), np.float32)
+        rows = [self.row_.get(u, -1) if u not in self._changed else -1 for u in users]
+        stored = np.array([r >= 0 for r in rows], dtype=bool)
+        if stored.any():
+            sums = np.asarray(self._arrays["pos_sum"][np.array(rows)[stored]], np.float64)
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            out[stored] = np.where(norms > 1e-12, sums / np.maximum(norms, 1e-12), 0.0)
+        for position in np.flatnonzero(~stored):
+            out[position] = self[users[position]].vector
+        return out
+
+    def merged(self) -> ProfileStore:
+        """One array set holding the stored and the changed profiles."""
+        if not self._changed:
+            return self
+        users = list(self)
+        profiles = [self[u] for u in users]
+        return ProfileStore(users, **_arrays_of(profiles, self.dim))
+
+    def save(self, directory: str | os.PathLike[str], config: ProfileConfig) -> None:
+        """Write ``profiles.parquet`` (one row per user), ``profiles.<array>.npy`` and
+        ``profiles.json`` (config) atomically, the JSON last."""
+        from profiler.storage import save_npy
+
+        directory = Path(directory)
+        store = self.merged()
+        a = store._arrays
+        table = pd.DataFrame(
+            {
+                "user_id": store._users,
+                "n_events": np.asarray(a["n_events"]),
+                "last_timestamp": np.asarray(a["last_timestamp"]),
+                "n_centres": np.diff(np.asarray(a["centre_offsets"])),
+            }
+        )
+        with atomic_path(directory / "profiles.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+        for name in _ARRAYS:
+            save_npy(directory / f"profiles.{name}.npy", np.asarray(a[name]))
+        write_json(
+            directory / "profiles.json",
+            {"config": config.to_dict(), "count": len(store._users), "dim": store.dim},
+        )
+
+
+def _empty_arrays(dim: int) -> dict[str, np.ndarray]:
+    return {
+        "n_events": np.empty(0, np.int64),
+        "last_timestamp": np.empty(0),
+        "pos_sum": np.empty((0, dim), np.float32),
+        "pos_mass": np.empty(0),
+        "neg_sum": np.empty((0, dim), np.float32),
+        "neg_mass": np.empty(0),
+        "centre_offsets": np.zeros(1, np.int64),
+        "centres": np.empty((0, dim), np.float32),
+        "centre_weights": np.empty(0),
+    }
+
+
+def _arrays_of(profiles: list[UserProfile], dim: int) -> dict[str, np.ndarray]:
+    if not profiles:
+        return _empty_arrays(dim)
+    counts = np.array([len(p.centres) for p in profiles], dtype=np.int64)
+    centres = [p.centres for p in profiles if len(p.centres)]
+    return {
+        "n_events": np.array([p.n_events for p in profiles], dtype=np.int64),
+        "last_timestamp": np.array([p.last_timestamp for p in profiles]),
+        "pos_sum": np.stack([p.pos_sum for p in profiles]).astype(np.float32),
+        "pos_mass": np.array([p.pos_mass for p in profiles]),
+        "neg_sum": np.stack([p.neg_sum for p in profiles]).astype(np.float32),
+        "neg_mass": np.array([p.neg_mass for p in profiles]),
+        "centre_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "centres": np.concatenate(centres).astype(np.float32)
+        if centres
+        else np.empty((0, dim), np.float32),
+        "centre_weights": np.concatenate([p.centre_weights for p in profiles]),
+    }
 
 
 def save_profiles(
     directory: str | os.PathLike[str], profiles: Mapping[str, UserProfile], config: ProfileConfig
 ) -> None:
-    """Write ``profiles.parquet`` (one row per user), ``profiles.npz`` (vectors) and
-    ``profiles.json`` (config) atomically."""
-    directory = Path(directory)
-    users = list(profiles)
-    dim = next(iter(profiles.values())).pos_sum.shape[0] if profiles else 0
-    counts = np.array([len(profiles[u].centres) for u in users], dtype=np.int64)
-    table = pd.DataFrame(
-        {
-            "user_id": users,
-            "n_events": [profiles[u].n_events for u in users],
-            "last_timestamp": [profiles[u].last_timestamp for u in users],
-            "pos_mass": [profiles[u].pos_mass for u in users],
-            "neg_mass": [profiles[u].neg_mass for u in users],
-            "n_centres": counts,
-        }
-    )
-    with atomic_path(directory / "profiles.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    arrays = {
-        "pos_sum": np.stack([profiles[u].pos_sum for u in users]) if users else np.empty((0, dim)),
-        "neg_sum": np.stack([profiles[u].neg_sum for u in users]) if users else np.empty((0, dim)),
-        "centres": np.concatenate([profiles[u].centres for u in users])
-        if users
-        else np.empty((0, dim)),
-        "centre_weights": np.concatenate([profiles[u].centre_weights for u in users])
-        if users
-        else np.empty(0),
-    }
-    with atomic_path(directory / "profiles.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    write_json(directory / "profiles.json", {"config": config.to_dict(), "count": len(users)})
+    """Write profiles (a :class:`ProfileStore` or any mapping) to ``directory``."""
+    if not isinstance(profiles, ProfileStore):
+        dim = next(iter(profiles.values())).pos_sum.shape[0] if profiles else 0
+        profiles = ProfileStore.from_profiles(profiles, dim)
+    profiles.save(directory, config)
 
 
 def load_profiles(
-    directory: str | os.PathLike[str],
-) -> tuple[dict[str, UserProfile], ProfileConfig]:
-    """Read what :func:`save_profiles` wrote."""
+    directory: str | os.PathLike[str], *, mmap: bool = False
+) -> tuple[ProfileStore, ProfileConfig]:
+    """Read what :func:`save_profiles` wrote; ``mmap=True`` maps the arrays read-only."""
     directory = Path(directory)
     meta = json.loads((directory / "profiles.json").read_text(encoding="utf-8"))
-    table = pd.read_parquet(directory / "profiles.parquet")
-    with np.load(directory / "profiles.npz", allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    table = pd.read_parquet(directory / "profiles.parquet", columns=["user_id"])
+    arrays = {
+        name: np.load(
+            directory / f"profiles.{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False
+        )
+        for name in _ARRAYS
+    }
     if len(table) != meta["count"] or len(arrays["pos_sum"]) != len(table):
         raise ValueError(f"{directory}: profile files disagree on the number of users; rebuild")
-    offsets = np.concatenate([[0], np.cumsum(table["n_centres"].to_numpy())])
-    profiles = {}
-    for row, record in enumerate(table.itertuples(index=False)):
-        lo, hi = offsets[row], offsets[row + 1]
-        profiles[record.user_id] = UserProfile(
-            record.user_id,
-            int(record.n_events),
-            float(record.last_timestamp),
-            arrays["pos_sum"][row],
-            float(record.pos_mass),
-            arrays["neg_sum"][row],
-            float(record.neg_mass),
-            arrays["centres"][lo:hi].astype(np.float32),
-            arrays["centre_weights"][lo:hi],
-        )
-    return profiles, ProfileConfig.from_dict(meta["config"])
+    store = ProfileStore(table["user_id"].tolist(), **arrays)
+    return store, ProfileConfig.from_dict(meta["config"])

@@ -8,6 +8,7 @@ exact; serving paths may use an ANN index for candidates instead.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class Corpus:
         ``rating``, ``text_row``), oldest first. Nothing after the evaluation cut.
     text_vectors : ndarray, shape (n_texts, d)
         Event-text vectors; ``events.text_row`` indexes it (-1: no text).
+    item_brands, item_prices, item_titles : list, optional
+        Brand (``""`` when unknown), price (NaN) and display title per item.
     """
 
     item_ids: list[str]
@@ -45,10 +48,15 @@ class Corpus:
     item_categories: list[str]
     events: pd.DataFrame
     text_vectors: np.ndarray
+    item_brands: list[str] | None = None
+    item_prices: list[float] | None = None
+    item_titles: list[str] | None = None
     position: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "position", {i: p for p, i in enumerate(self.item_ids)})
+        if self.item_titles is None:
+            object.__setattr__(self, "item_titles", list(self.item_texts))
         if len(self.item_vectors) != len(self.item_ids):
             raise ValueError(
                 f"{len(self.item_ids)} item ids but {len(self.item_vectors)} item vectors"
@@ -61,14 +69,7 @@ class Corpus:
 
     def with_events(self, events: pd.DataFrame) -> Corpus:
         """The same catalogue with other training events."""
-        return Corpus(
-            self.item_ids,
-            self.item_vectors,
-            self.item_texts,
-            self.item_categories,
-            events,
-            self.text_vectors,
-        )
+        return dataclasses.replace(self, events=events)
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,9 @@ from profiler.profiles import (
     Evidence,
     ProfileBuilder,
     ProfileConfig,
+    ProfileStore,
     UserProfile,
+    build_profiles,
     load_profiles,
     save_profiles,
 )
@@ -308,3 +310,55 @@ class TestPersistence:
         (tmp_path / "profiles.json").write_text(json.dumps(meta))
         with pytest.raises(ValueError, match="rebuild"):
             load_profiles(tmp_path)
+
+
+class TestBuildMany:
+    def test_equals_one_build_per_user(self):
+        builder = ProfileBuilder(ProfileConfig(half_life_days=30.0, max_centres=2))
+        rng = np.random.default_rng(3)
+        parts, users = [], []
+        # users with 0 positives, few positives (centres copied) and many (clustered)
+        for n, user in enumerate(["dislikes", "one", "few", "broad", "mixed"]):
+            size = [1, 1, 2, 9, 6][n]
+            kinds = ["dislike"] if user == "dislikes" else ["purchase", "view", "review"]
+            rows = [
+                (T0 + DAY * i * (n + 1), kinds[i % len(kinds)], *([2.0] if i == 3 else []))
+                for i in range(size)
+            ]
+            vectors = unit_vectors(size, DIM, seed=10 + n)
+            parts.append(item_evidence(builder, rows, vectors))
+            users += [user] * size
+        # interleave users to check that event order within a user is all that matters
+        evidence = parts[0]
+        for part in parts[1:]:
+            evidence = evidence.concat(part)
+        shuffled = rng.permutation(len(users))
+        owners = np.array(users)[shuffled]
+        for user in set(users):  # keep each user's own events oldest first
+            shuffled[owners == user] = np.sort(shuffled[owners == user])
+        store = build_profiles(
+            builder,
+            np.array(users)[shuffled],
+            Evidence(*(a[shuffled] for a in evidence)),
+        )
+        assert set(store) == set(users)
+        for user, part in zip(["dislikes", "one", "few", "broad", "mixed"], parts):
+            assert_same_profile(store[user], builder.build(user, part))
+
+    def test_store_round_trip_and_changes(self, tmp_path):
+        builder = ProfileBuilder()
+        profiles = {
+            "a": builder.build("a", item_evidence(builder, [(T0, "purchase")], E[:1])),
+            "b": builder.build("b", mixed_evidence(builder)),
+        }
+        store = ProfileStore.from_profiles(profiles, DIM)
+        store.save(tmp_path, builder.config)
+        loaded, _ = load_profiles(tmp_path, mmap=True)
+        assert isinstance(loaded["a"].pos_sum, np.ndarray) and len(loaded) == 2
+        loaded["c"] = profiles["a"]
+        assert list(loaded) == ["a", "b", "c"]
+        np.testing.assert_allclose(loaded.vectors(["b", "c"])[1], profiles["a"].vector)
+        loaded.save(tmp_path, builder.config)
+        again, _ = load_profiles(tmp_path)
+        assert list(again) == ["a", "b", "c"]
+        assert_same_profile(again["b"], profiles["b"])

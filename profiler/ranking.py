@@ -1,0 +1,640 @@
+"""Second stage: rank the channels' candidates, learned on the workspace's own histories.
+
+Two scorers over the same :data:`~profiler.retrieval.FEATURES`:
+
+* :class:`BlendScorer`, the documented fixed blend: each feature z-scored within the
+  shopper's candidates, summed with weights fitted on training queries by logistic
+  regression (target vs other candidates). Weights of the interaction-count features
+  (:data:`MONOTONE`) are kept >= 0.
+* :class:`LightGBMScorer`: LightGBM ``lambdarank`` with early stopping on validation
+  queries, increasing in the :data:`MONOTONE` features.
+
+:func:`train_scorer` builds the training queries from the events themselves (each
+sampled user's last event with an item is the target, everything strictly before it her
+history, and the same users cut to 1 event and to her last text alone, so cold start is
+learned too), fits both on 80% of the users and keeps whichever has the better NDCG@10 on
+the other 20%; with too few queries it keeps the blend, with its default weights when
+there are none at all. :class:`TwoStageRecommender` is what ``profiler build`` trains,
+``profiler evaluate`` measures and ``recommend`` serves: one training path.
+
+Why :data:`MONOTONE`: in a sparse extract nearly every item is touched by one shopper, so
+an item no one touched is, by construction, somebody's held-out target; a scorer free to
+weigh counts negatively learns "untouched means target", which no real catalogue allows.
+More evidence that others want an item may only help it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from profiler.profiles import (
+    Evidence,
+    ProfileBuilder,
+    ProfileConfig,
+    ProfileStore,
+    build_profiles,
+)
+from profiler.recommender import Corpus, Query, Recommender
+from profiler.retrieval import (
+    CHANNELS,
+    FEATURES,
+    CandidateGenerator,
+    Candidates,
+    Catalogue,
+    ChannelConfig,
+    Interactions,
+    LexicalIndex,
+    Shopper,
+)
+from profiler.storage import atomic_path, read_json, write_json
+from profiler.vectors import FaissIndex, VectorIndex
+
+__all__ = [
+    "MONOTONE",
+    "BlendScorer",
+    "LightGBMScorer",
+    "Ranked",
+    "RankerConfig",
+    "TwoStageRecommender",
+    "event_evidence",
+    "load_scorer",
+    "save_scorer",
+    "train_scorer",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Features that count other shoppers' interactions: a scorer may only increase in them.
+MONOTONE = ("votes", "cooccurrence", "popularity", "trend")
+
+#: The blend used when there is no history to fit it on (z-scored features).
+DEFAULT_WEIGHTS = {
+    "dense": 1.0,
+    "centre": 0.5,
+    "bm25": 0.5,
+    "category": 0.5,
+    "category_dense": 0.25,
+    "brand": 0.25,
+    "votes": 0.25,
+    "negative": -0.3,
+    "trend": 0.1,
+}
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """How the second stage is trained. JSON round-trips with ``to_dict``/``from_dict``.
+
+    Parameters
+    ----------
+    scorer : str
+        ``"auto"`` (the better of blend and LightGBM on validation), ``"blend"`` or
+        ``"lightgbm"``.
+    max_users : int
+        Users sampled for training queries (each gives up to three).
+    validation_share : float
+        Share of those users whose queries choose the scorer and stop LightGBM early.
+    min_queries : int
+        Fewer training queries with the target among the candidates: the blend serves.
+    """
+
+    scorer: str = "auto"
+    max_users: int = 4000
+    validation_share: float = 0.2
+    min_queries: int = 100
+    n_estimators: int = 500
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_child_samples: int = 20
+    early_stopping: int = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scorer not in ("auto", "blend", "lightgbm"):
+            raise ValueError(f"scorer must be auto, blend or lightgbm, got {self.scorer!r}")
+        if not 0.0 < self.validation_share < 1.0:
+            raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RankerConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown ranker settings {sorted(unknown)}")
+        return cls(**data)
+
+
+# -- scorers --------------------------------------------------------------------------------
+
+
+def _zscore(features: np.ndarray) -> np.ndarray:
+    """Features standardised within one shopper's candidates (NaN and constant: 0)."""
+    x = np.where(np.isfinite(features), features, np.nan)
+    mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+    std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+    mean = np.nan_to_num(mean)
+    z = (np.nan_to_num(x, nan=0.0) - mean) / np.where(std > 1e-9, std, 1.0)
+    z[:, ~(std > 1e-9)] = 0.0
+    return np.where(np.isnan(x), 0.0, z)
+
+
+class BlendScorer:
+    """``score = sum_f w_f * z_f``: z-scored features, weights by logistic regression."""
+
+    kind = "blend"
+
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+
+    @property
+    def _vector(self) -> np.ndarray:
+        return np.array([self.weights.get(f, 0.0) for f in FEATURES])
+
+    def fit(self, groups: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> BlendScorer:
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.concatenate([_zscore(g) for g in groups])
+        y = np.concatenate(labels)
+        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000)
+        model.fit(x, y)
+        coef = model.coef_[0].copy()
+        for name in MONOTONE:
+            coef[FEATURES.index(name)] = max(coef[FEATURES.index(name)], 0.0)
+        self.weights = {f: round(float(w), 6) for f, w in zip(FEATURES, coef)}
+        return self
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return _zscore(features) @ self._vector
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """Exact terms ``w_f * z_f`` per candidate and feature (they sum to the score)."""
+        return _zscore(features) * self._vector
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "weights": self.weights}
+
+
+class LightGBMScorer:
+    """LightGBM LambdaRank over the raw features (NaN: missing)."""
+
+    kind = "lightgbm"
+
+    def __init__(self, config: RankerConfig | None = None) -> None:
+        self.config = config or RankerConfig()
+
+    def fit(
+        self,
+        groups: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        valid_groups: Sequence[np.ndarray],
+        valid_labels: Sequence[np.ndarray],
+    ) -> LightGBMScorer:
+        import lightgbm
+
+        cfg = self.config
+        monotone = [1 if f in MONOTONE else 0 for f in FEATURES]
+        self.model_ = lightgbm.LGBMRanker(
+            objective="lambdarank",
+            n_estimators=cfg.n_estimators,
+            learning_rate=cfg.learning_rate,
+            num_leaves=cfg.num_leaves,
+            min_child_samples=cfg.min_child_samples,
+            monotone_constraints=monotone,
+            random_state=cfg.seed,
+            deterministic=True,
+            force_row_wise=True,
+            n_jobs=1,
+            verbose=-1,
+        )
+        self.model_.fit(
+            np.concatenate(groups),
+            np.concatenate(labels),
+            group=[len(g) for g in groups],
+            eval_set=[(np.concatenate(valid_groups), np.concatenate(valid_labels))],
+            eval_group=[[len(g) for g in valid_groups]],
+            eval_at=[10],
+            callbacks=[lightgbm.early_stopping(cfg.early_stopping, verbose=False)],
+            feature_name=list(FEATURES),
+        )
+        self.booster_ = self.model_.booster_
+        return self
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return self.booster_.predict(features, num_threads=1)
+
+    def contributions(self, features: np.ndarray) -> np.ndarray:
+        """SHAP-style contributions per candidate and feature (``pred_contrib``)."""
+        return self.booster_.predict(features, pred_contrib=True, num_threads=1)[:, :-1]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "best_iteration": int(self.booster_.best_iteration or 0)}
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            self.booster_.save_model(str(tmp), num_iteration=self.booster_.best_iteration)
+
+    @classmethod
+    def load(cls, path: Path) -> LightGBMScorer:
+        import lightgbm
+
+        out = cls()
+        out.booster_ = lightgbm.Booster(model_file=str(path))
+        if list(out.booster_.feature_name()) != list(FEATURES):
+            raise ValueError(f"{path}: ranker features differ from this library's; rebuild")
+        return out
+
+
+Scorer = BlendScorer | LightGBMScorer
+
+
+# -- evidence and state ---------------------------------------------------------------------
+
+
+def event_evidence(
+    builder: ProfileBuilder,
+    events: pd.DataFrame,
+    item_index: VectorIndex,
+    text_vectors: np.ndarray,
+    extra_text_vectors: np.ndarray | None = None,
+) -> Evidence:
+    """Evidence of events, reading item vectors from ``item_index`` (only those events')."""
+    dim = item_index.dim
+    item_vectors = np.full((len(events), dim), np.nan, dtype=np.float32)
+    texts = np.full((len(events), dim), np.nan, dtype=np.float32)
+    if len(events):
+        ids = events["item_id"].to_numpy()
+        known = np.array([bool(i) and i in item_index for i in ids], dtype=bool)
+        if known.any():
+            item_vectors[known] = item_index.get(list(ids[known]))
+        rows = events["text_row"].to_numpy()
+        texts[rows >= 0] = text_vectors[rows[rows >= 0]]
+    return builder.evidence(events, item_vectors, texts)
+
+
+def _all_evidence(
+    builder: ProfileBuilder,
+    events: pd.DataFrame,
+    item_index: VectorIndex,
+    text_vectors: np.ndarray,
+    chunk: int = 200_000,
+) -> Evidence:
+    parts = [
+        event_evidence(builder, events.iloc[lo : lo + chunk], item_index, text_vectors)
+        for lo in range(0, len(events), chunk)
+    ]
+    return parts[0] if len(parts) == 1 else Evidence(*(np.concatenate(a) for a in zip(*parts)))
+
+
+@dataclass
+class State:
+    """What the channels read, fitted from one set of events."""
+
+    profiles: ProfileStore
+    user_index: VectorIndex
+    interactions: Interactions
+
+
+def fit_state(
+    builder: ProfileBuilder,
+    events: pd.DataFrame,
+    catalogue: Catalogue,
+    item_index: VectorIndex,
+    text_vectors: np.ndarray,
+    trend_half_life_days: float,
+    model_id: str | None = None,
+) -> State:
+    """Profiles (array operations), the user index and interaction counts for ``events``
+    (sorted by time)."""
+    ordered = events.sort_values(["user_id", "timestamp"], kind="stable")
+    evidence = _all_evidence(builder, ordered, item_index, text_vectors)
+    profiles = build_profiles(builder, ordered["user_id"].to_numpy(), evidence)
+    user_index = FaissIndex(item_index.dim, model_id=model_id)
+    users = list(profiles)
+    vectors = profiles.vectors(users)
+    usable = np.flatnonzero(np.abs(vectors).sum(axis=1) > 0)
+    if len(usable):
+        user_index.add([users[i] for i in usable], vectors[usable])
+    position = catalogue.position
+    items = np.array([position.get(i, -1) for i in ordered["item_id"]], dtype=np.int64)
+    interactions = Interactions(len(catalogue), trend_half_life_days).fit(
+        ordered["user_id"].to_numpy(),
+        items,
+        ordered["timestamp"].to_numpy(dtype=np.float64),
+        evidence.weights > 0,
+    )
+    return State(profiles, user_index, interactions)
+
+
+# -- one ranked list ------------------------------------------------------------------------
+
+
+class Ranked(NamedTuple):
+    """A shopper's ranked candidates (best first) with what explains each."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    candidates: Candidates  # rows in ranked order
+    contributions: np.ndarray  # [n, len(FEATURES)]
+
+
+class TwoStageRecommender(Recommender):
+    """Channels propose, a trained scorer ranks: the profiler's recommender.
+
+    Parameters
+    ----------
+    config : ProfileConfig, optional
+        How events become profiles.
+    channels : ChannelConfig, optional
+        Candidates per channel.
+    ranker : RankerConfig, optional
+        How the scorer is trained and chosen.
+    """
+
+    name = "profiler"
+
+    def __init__(
+        self,
+        config: ProfileConfig | None = None,
+        channels: ChannelConfig | None = None,
+        ranker: RankerConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.channels = channels
+        self.ranker = ranker
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def fit(
+        self,
+        corpus: Corpus,
+        *,
+        item_index: VectorIndex | None = None,
+        lexical: LexicalIndex | None = None,
+        train: bool = True,
+    ) -> TwoStageRecommender:
+        """Fit the channels' state on ``corpus.events`` and train the scorer on them."""
+        self.builder_ = ProfileBuilder(self.config)
+        self.channels_ = self.channels or ChannelConfig()
+        self.ranker_ = self.ranker or RankerConfig()
+        self.corpus_ = corpus
+        self.catalogue_ = Catalogue.from_columns(
+            corpus.item_ids, corpus.item_categories, corpus.item_brands, corpus.item_prices
+        )
+        if item_index is None:
+            item_index = FaissIndex(corpus.item_vectors.shape[1])
+            item_index.add(corpus.item_ids, corpus.item_vectors)
+        self.item_index_ = item_index
+        self.lexical_ = lexical or LexicalIndex().fit(corpus.item_texts)
+        self.text_vectors_ = corpus.text_vectors
+        if train:
+            self.scorer_, self.report_ = train_scorer(self, corpus.events)
+        else:
+            self.scorer_, self.report_ = BlendScorer(), {"scorer": "blend", "why": "not trained"}
+        self.set_state(self.fit_state(corpus.events))
+        return self
+
+    def fit_state(self, events: pd.DataFrame) -> State:
+        return fit_state(
+            self.builder_,
+            events,
+            self.catalogue_,
+            self.item_index_,
+            self.text_vectors_,
+            self.channels_.trend_half_life_days,
+            self.item_index_.model_id,
+        )
+
+    def set_state(self, state: State) -> None:
+        self.state_ = state
+        self.generator_ = CandidateGenerator(
+            self.channels_,
+            self.catalogue_,
+            self.item_index_,
+            state.user_index,
+            state.interactions,
+            self.lexical_,
+            self.corpus_.item_titles,
+        )
+
+    # -- serving --------------------------------------------------------------------------
+
+    def shopper(self, query: Query, *, stored: bool = False) -> Shopper:
+        """The channels' view of a query shopper; ``stored`` reads her profile from the
+        state (a known user queried with all her events) instead of building it."""
+        events = query.events
+        evidence = event_evidence(self.builder_, events, self.item_index_, self.text_vectors_)
+        labels = [item if item else text for item, text in zip(events["item_id"], events["text"])]
+        now = float(evidence.timestamps.max()) if len(evidence) else 0.0
+        if query.texts:
+            vectors = np.asarray(query.text_vectors, dtype=np.float32)
+            weight = self.builder_.config.kind_weights["search"]
+            evidence = evidence.concat(
+                Evidence(vectors, np.full(len(vectors), weight), np.full(len(vectors), now))
+            )
+            labels += list(query.texts)
+        if stored and not query.texts and query.user_id in self.state_.profiles:
+            profile = self.state_.profiles[query.user_id]
+        else:
+            profile = self.builder_.build(query.user_id or "", evidence)
+        position = self.catalogue_.position
+        n_events = len(events)
+        with_item = np.array([bool(i) and i in position for i in events["item_id"]], bool)
+        decayed = evidence.weights[:n_events] * self.builder_.decay(
+            now - evidence.timestamps[:n_events]
+        )
+        texts = [t for t in events["text"] if t] + list(query.texts)
+        return Shopper(
+            query.user_id,
+            profile,
+            np.array([position[i] for i in events["item_id"][with_item]], dtype=np.int64),
+            np.asarray(decayed[with_item], dtype=np.float64),
+            tuple(texts),
+            evidence.vectors,
+            tuple(labels),
+            frozenset(query.seen),
+        )
+
+    def rank(
+        self,
+        shopper: Shopper,
+        *,
+        exclude: Sequence[str] = (),
+        extra: np.ndarray | None = None,
+    ) -> Ranked:
+        """Every candidate of ``shopper``, ranked by the scorer."""
+        candidates = self.generator_.generate(shopper, extra=extra)
+        if exclude:
+            banned = self.catalogue_.positions_of(exclude)
+            keep = ~np.isin(candidates.positions, banned)
+            candidates = Candidates(*(a[keep] for a in candidates))
+        if not len(candidates):
+            empty = np.empty(0)
+            return Ranked(np.empty(0, np.int64), empty, candidates, np.empty((0, len(FEATURES))))
+        scores = np.asarray(self.scorer_.score(candidates.features), dtype=np.float64)
+        if shopper.n_evidence == 0:
+            scores = candidates.features[:, FEATURES.index("trend")].copy()
+        order = np.lexsort((candidates.positions, -scores))
+        ranked = Candidates(*(a[order] for a in candidates))
+        return Ranked(ranked.positions, scores[order], ranked, np.empty((0, len(FEATURES))))
+
+    def explain(self, ranked: Ranked, top: int) -> np.ndarray:
+        """Feature contributions of the first ``top`` ranked candidates."""
+        return self.scorer_.contributions(ranked.candidates.features[:top])
+
+    def recommend(self, query: Query, k: int = 10, exclude: Sequence[str] = ()) -> list[str]:
+        ranked = self.rank(self.shopper(query), exclude=exclude)
+        return [self.catalogue_.item_ids[p] for p in ranked.positions[:k]]
+
+    def score(self, query: Query) -> np.ndarray:
+        """Scores of the candidates, ``-inf`` for every other item (not a full ranking)."""
+        out = np.full(len(self.catalogue_), -np.inf)
+        ranked = self.rank(self.shopper(query))
+        if len(ranked.positions):
+            # map scores monotonically above any -inf: rank order is what matters
+            out[ranked.positions] = ranked.scores
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {
+            "profile": self.builder_.config.to_dict(),
+            "channels": self.channels_.to_dict(),
+            "ranker": self.ranker_.to_dict(),
+            "scorer": self.scorer_.to_dict(),
+            "training": self.report_,
+        }
+
+
+# -- training -------------------------------------------------------------------------------
+
+
+def _ndcg_at_10(scores: np.ndarray, labels: np.ndarray) -> float:
+    """NDCG@10 of one query with a single relevant item (ties favour the target)."""
+    if not labels.any():
+        return 0.0
+    rank = int((scores > scores[labels.argmax()]).sum())
+    return 1.0 / np.log2(rank + 2) if rank < 10 else 0.0
+
+
+def training_queries(
+    model: TwoStageRecommender, events: pd.DataFrame
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], int]:
+    """Candidates and labels of leave-last-out queries from ``events``.
+
+    Returns the user of each query, its feature rows, its labels (1: the held-out item)
+    and the number of queries (including those whose target no channel proposed).
+    """
+    from profiler.evaluate import leave_last_out
+
+    cfg = model.ranker_
+    users = pd.unique(events["user_id"])
+    rng = np.random.default_rng(cfg.seed)
+    if len(users) > cfg.max_users:
+        users = rng.choice(users, size=cfg.max_users, replace=False)
+    chosen = events["user_id"].isin(set(users)).to_numpy()
+    split = leave_last_out(events[chosen], model.text_vectors_, truncate=(0, 1))
+    train_events = pd.concat([events[~chosen], split.train]).sort_values("timestamp", kind="stable")
+    model.set_state(model.fit_state(train_events))
+    owners, groups, labels = [], [], []
+    position = model.catalogue_.position
+    for case in split.cases:
+        ranked_targets = [position[t] for t in case.targets if t in position]
+        candidates = model.generator_.generate(model.shopper(case.query))
+        label = np.isin(candidates.positions, ranked_targets).astype(np.float64)
+        owners.append(str(case.query.user_id))
+        groups.append(candidates.features)
+        labels.append(label)
+    return owners, groups, labels, len(split.cases)
+
+
+def train_scorer(model: TwoStageRecommender, events: pd.DataFrame) -> tuple[Scorer, dict]:
+    """Train blend and LightGBM on the events' own histories; keep the better one."""
+    cfg = model.ranker_
+    owners, groups, labels, n_queries = training_queries(model, events)
+    hits = [i for i, y in enumerate(labels) if y.any()]
+    report: dict = {
+        "queries": n_queries,
+        "queries_with_target": len(hits),
+        "candidate_recall": len(hits) / n_queries if n_queries else None,
+        "candidates_per_query": float(np.mean([len(g) for g in groups])) if groups else 0.0,
+    }
+    if len(hits) < cfg.min_queries:
+        report.update(scorer="blend", why=f"only {len(hits)} training queries: default weights")
+        logger.info("ranker: %s", report["why"])
+        return BlendScorer(), report
+    unique = sorted(set(owners))
+    rng = np.random.default_rng(cfg.seed)
+    valid_users = set(
+        rng.choice(unique, size=max(1, int(len(unique) * cfg.validation_share)), replace=False)
+    )
+    valid = [i for i in range(len(groups)) if owners[i] in valid_users]
+    train = [i for i in hits if owners[i] not in valid_users]
+
+    def ndcg(scorer: Scorer) -> float:
+        return float(np.mean([_ndcg_at_10(scorer.score(groups[i]), labels[i]) for i in valid]))
+
+    blend = BlendScorer().fit([groups[i] for i in train], [labels[i] for i in train])
+    results = {"blend": ndcg(blend), "default_blend": ndcg(BlendScorer())}
+    chosen: Scorer = blend
+    valid_hits = [i for i in valid if labels[i].any()]
+    if cfg.scorer != "blend" and valid_hits:
+        booster = LightGBMScorer(cfg).fit(
+            [groups[i] for i in train],
+            [labels[i] for i in train],
+            [groups[i] for i in valid_hits],
+            [labels[i] for i in valid_hits],
+        )
+        results["lightgbm"] = ndcg(booster)
+        if cfg.scorer == "lightgbm" or results["lightgbm"] > results["blend"]:
+            chosen = booster
+    report.update(
+        scorer=chosen.kind,
+        validation_ndcg10=results,
+        train_queries=len(train),
+        validation_queries=len(valid),
+        why=(
+            f"{chosen.kind} has the better validation NDCG@10 ("
+            + ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+            + ")"
+        ),
+    )
+    logger.info("ranker: %s", report["why"])
+    return chosen, report
+
+
+def save_scorer(scorer: Scorer, directory: Path, report: dict) -> None:
+    """``models/ranker.json`` (kind, weights or iteration, training report, features) and
+    ``models/ranker.lgb`` (LightGBM's text model) when it is LightGBM."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(scorer, LightGBMScorer):
+        scorer.save(directory / "ranker.lgb")
+    write_json(
+        directory / "ranker.json",
+        {
+            "features": list(FEATURES),
+            "channels": list(CHANNELS),
+            **scorer.to_dict(),
+            "training": report,
+        },
+    )
+
+
+def load_scorer(directory: Path) -> tuple[Scorer, dict]:
+    meta = read_json(directory / "ranker.json")
+    if meta.get("features") != list(FEATURES):
+        raise ValueError(
+            f"{directory / 'ranker.json'}: features differ from this library's; rebuild"
+        )
+    if meta["kind"] == "lightgbm":
+        return LightGBMScorer.load(directory / "ranker.lgb"), meta["training"]
+    return BlendScorer(meta["weights"]), meta["training"]

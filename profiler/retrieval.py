@@ -1,0 +1,609 @@
+"""Candidate channels: each proposes a short list for one shopper through an index.
+
+No channel scans the catalogue's vectors or every user at query time:
+
+========================  ================================================================
+channel                   how
+========================  ================================================================
+``dense``                 item index (FAISS) searched with the profile vector
+``centre``                the same index searched with each interest centre
+``lexical``               BM25 (``bm25s``, a sparse inverted index) over item texts, queried
+                          with her texts and the titles of her items
+``neighbours``            the user index (FAISS) gives her nearest users; the items they
+                          liked, weighted by similarity (a sparse user x item matrix)
+``cooccurrence``          items liked by the same users as her items ("bought together",
+                          sparse item x item counts)
+``category``, ``brand``   trending items of her top categories and brands
+``trending``              recency-weighted counts: the prior for a shopper with no evidence
+========================  ================================================================
+
+The union of the lists is scored on :data:`FEATURES` (every feature for every candidate,
+whatever channel proposed it), and each candidate remembers which channels proposed it.
+Item vectors are read from the index only for candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from profiler.profiles import SECONDS_PER_DAY, UserProfile
+from profiler.storage import read_json, save_npy, write_json
+from profiler.vectors import VectorIndex
+
+__all__ = [
+    "CHANNELS",
+    "FEATURES",
+    "CandidateGenerator",
+    "Candidates",
+    "Catalogue",
+    "ChannelConfig",
+    "Interactions",
+    "LexicalIndex",
+    "Shopper",
+]
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = (
+    "dense",
+    "centre",
+    "lexical",
+    "neighbours",
+    "cooccurrence",
+    "category",
+    "brand",
+    "trending",
+)
+
+#: Per-(shopper, candidate) features, in the order of :attr:`Candidates.features`.
+FEATURES = (
+    "dense",  # profile vector . item
+    "centre",  # best interest centre . item
+    "neighbour_profile",  # similarity-weighted mean of her neighbours' profiles . item
+    "negative",  # max(0, negative vector . item): like what she disliked
+    "bm25",  # BM25 of her texts and item titles against the item's text
+    "bm25_share",  # bm25 / her best bm25 among candidates
+    "category",  # share of her positive evidence in the item's category
+    "category_dense",  # share of her dense neighbourhood in the item's category
+    "brand",  # share of her positive evidence with the item's brand
+    "votes",  # similarity-weighted share of her neighbours who liked the item
+    "cooccurrence",  # log(1 + co-occurrence count with her items)
+    "popularity",  # log(1 + events on the item), scaled to [0, 1]
+    "trend",  # log(1 + recency-weighted events), scaled to [0, 1]
+    "price_gap",  # |log(1 + price) - her mean log(1 + price)|; NaN when unknown
+    "evidence",  # log(1 + her events and texts)
+)
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How many candidates each channel proposes. JSON round-trips with ``to_dict``."""
+
+    dense: int = 100
+    centre: int = 50
+    lexical: int = 100
+    neighbours: int = 30
+    neighbour_items: int = 50
+    cooccurrence: int = 50
+    affinity: int = 30
+    top_categories: int = 2
+    top_brands: int = 2
+    trending: int = 20
+    trend_half_life_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ChannelConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown channel settings {sorted(unknown)}")
+        return cls(**data)
+
+
+# -- the catalogue as arrays ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Catalogue:
+    """Item ids with category, brand and price as arrays aligned with ``item_ids``."""
+
+    item_ids: list[str]
+    categories: np.ndarray  # int32 code per item, -1: none
+    category_names: list[str]
+    brands: np.ndarray  # int32 code per item, -1: none
+    brand_names: list[str]
+    log_prices: np.ndarray  # log1p(price), NaN: unknown
+
+    @classmethod
+    def from_columns(
+        cls,
+        item_ids: Sequence[str],
+        categories: Sequence[str] | None = None,
+        brands: Sequence[str] | None = None,
+        prices: Sequence[float] | None = None,
+    ) -> Catalogue:
+        n = len(item_ids)
+
+        def codes(values: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+            if values is None:
+                return np.full(n, -1, np.int32), []
+            series = pd.Series(list(values), dtype=object).fillna("").astype(str)
+            found, names = pd.factorize(series.where(series.str.strip() != ""), sort=True)
+            return found.astype(np.int32), [str(name) for name in names]
+
+        category_codes, category_names = codes(categories)
+        brand_codes, brand_names = codes(brands)
+        if prices is None:
+            log_prices = np.full(n, np.nan)
+        else:
+            log_prices = np.log1p(
+                pd.to_numeric(pd.Series(list(prices)), errors="coerce").to_numpy()
+            )
+        return cls(
+            list(item_ids), category_codes, category_names, brand_codes, brand_names, log_prices
+        )
+
+    @property
+    def position(self) -> dict[str, int]:
+        cached = self.__dict__.get("_position")
+        if cached is None:
+            cached = {item: p for p, item in enumerate(self.item_ids)}
+            object.__setattr__(self, "_position", cached)
+        return cached
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def positions_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Positions of the known ids among ``item_ids`` (unknown ones skipped)."""
+        position = self.position
+        return np.array([position[i] for i in item_ids if i in position], dtype=np.int64)
+
+
+# -- counts learned from events -------------------------------------------------------------
+
+
+class Interactions:
+    """Who liked what, as sparse counts: the neighbour, co-occurrence and trending channels.
+
+    ``positives_`` is the binary user x item matrix of positive evidence (rows follow
+    ``users_``); ``cooccurrence_`` is ``positives_.T @ positives_`` without its diagonal;
+    ``counts_`` are events per item (every kind), ``trend_`` the same with each event
+    halved every ``trend_half_life_days`` before the newest event.
+    :meth:`add` updates all of them with new events and equals refitting (tested).
+    """
+
+    def __init__(self, n_items: int, trend_half_life_days: float = 30.0) -> None:
+        self.n_items = n_items
+        self.trend_half_life_days = trend_half_life_days
+
+    def fit(
+        self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, positive: np.ndarray
+    ) -> Interactions:
+        """Learn from events given as aligned arrays: user id, item position (-1: none),
+        timestamp, and whether the event is positive evidence."""
+        self.users_: list[str] = []
+        self.user_row_: dict[str, int] = {}
+        self.positives_ = sparse.csr_matrix((0, self.n_items), dtype=np.float32)
+        self.cooccurrence_ = sparse.csr_matrix((self.n_items, self.n_items), dtype=np.float32)
+        self.counts_ = np.zeros(self.n_items)
+        self.trend_ = np.zeros(self.n_items)
+        self.latest_ = -np.inf
+        return self.add(users, items, timestamps, positive)
+
+    def _refresh(self) -> None:
+        """Derived arrays every query reads: scaled counts and a trending cache."""
+        self.popularity_ = self.scaled(self.counts_)
+        self.trend_scaled_ = self.scaled(self.trend_)
+        self._trending: dict[tuple[int, int], np.ndarray] = {}
+
+    def add(
+        self, users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, positive: np.ndarray
+    ) -> Interactions:
+        """Add events (same arrays as :meth:`fit`)."""
+        users = np.asarray(users, dtype=object)
+        items = np.asarray(items, dtype=np.int64)
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        has_item = items >= 0
+        for user in pd.unique(users):
+            if user not in self.user_row_:
+                self.user_row_[user] = len(self.users_)
+                self.users_.append(user)
+        n_users = len(self.users_)
+        if self.positives_.shape[0] < n_users:
+            grow = n_users - self.positives_.shape[0]
+            self.positives_ = sparse.vstack(
+                [self.positives_, sparse.csr_matrix((grow, self.n_items), dtype=np.float32)]
+            ).tocsr()
+        latest = max(self.latest_, float(timestamps.max(initial=-np.inf)))
+        if np.isfinite(self.latest_):
+            self.trend_ *= self._decay(latest - self.latest_)
+        self.latest_ = latest
+        np.add.at(self.counts_, items[has_item], 1.0)
+        np.add.at(self.trend_, items[has_item], self._decay(latest - timestamps[has_item]))
+
+        liked = has_item & np.asarray(positive, dtype=bool)
+        rows = np.array([self.user_row_[u] for u in users[liked]], dtype=np.int64)
+        new = sparse.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, items[liked])), shape=self.positives_.shape
+        )
+        new.data[:] = 1.0
+        new = new - new.multiply(self.positives_)  # pairs she already had count once
+        new.eliminate_zeros()
+        if new.nnz:
+            # (X + N)^T (X + N) - X^T X = N^T X + X^T N + N^T N; diagonal dropped.
+            before = self.positives_
+            delta = new.T @ before + before.T @ new + new.T @ new
+            delta.setdiag(0)
+            delta.eliminate_zeros()
+            self.cooccurrence_ = (self.cooccurrence_ + delta).tocsr()
+            self.positives_ = (before + new).tocsr()
+        self._refresh()
+        return self
+
+    def _decay(self, age: np.ndarray | float) -> np.ndarray | float:
+        return 0.5 ** (np.asarray(age) / (self.trend_half_life_days * SECONDS_PER_DAY))
+
+    def scaled(self, values: np.ndarray) -> np.ndarray:
+        """``log1p(values)`` scaled by the largest such value, so in [0, 1]."""
+        top = np.log1p(max(float(values.max(initial=0.0)), 0.0))
+        return np.log1p(values) / top if top > 0 else np.zeros_like(values)
+
+    def trending(self, k: int, within: np.ndarray | None = None, key: int = -1) -> np.ndarray:
+        """Positions of the ``k`` most trending items (optionally among ``within``, cached
+        under ``key`` until the next :meth:`add`)."""
+        cached = self._trending.get((key, k)) if key >= 0 or within is None else None
+        if cached is None:
+            cached = self._top_trend(k, within)
+            if key >= 0 or within is None:
+                self._trending[(key, k)] = cached
+        return cached
+
+    def _top_trend(self, k: int, within: np.ndarray | None) -> np.ndarray:
+        scores = self.trend_ if within is None else self.trend_[within]
+        k = min(k, len(scores))
+        if not k:
+            return np.empty(0, np.int64)
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.lexsort((best, -scores[best]))]
+        return best if within is None else within[best]
+
+    def save(self, directory: Path) -> None:
+        sparse.save_npz(directory / "interactions.positives.npz", self.positives_)
+        sparse.save_npz(directory / "interactions.cooccurrence.npz", self.cooccurrence_)
+        save_npy(directory / "interactions.counts.npy", self.counts_)
+        save_npy(directory / "interactions.trend.npy", self.trend_)
+        save_npy(
+            directory / "interactions.users.npy", np.array(self.users_, dtype=object).astype(str)
+        )
+        write_json(
+            directory / "interactions.json",
+            {
+                "n_items": self.n_items,
+                "trend_half_life_days": self.trend_half_life_days,
+                "latest": self.latest_ if np.isfinite(self.latest_) else None,
+                "users": len(self.users_),
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Interactions:
+        meta = read_json(directory / "interactions.json")
+        out = cls(meta["n_items"], meta["trend_half_life_days"])
+        out.positives_ = sparse.load_npz(directory / "interactions.positives.npz").tocsr()
+        out.cooccurrence_ = sparse.load_npz(directory / "interactions.cooccurrence.npz").tocsr()
+        out.counts_ = np.load(directory / "interactions.counts.npy", allow_pickle=False)
+        out.trend_ = np.load(directory / "interactions.trend.npy", allow_pickle=False)
+        users = np.load(directory / "interactions.users.npy", allow_pickle=False)
+        out.users_ = users.tolist()
+        out.user_row_ = {u: r for r, u in enumerate(out.users_)}
+        out.latest_ = -np.inf if meta["latest"] is None else float(meta["latest"])
+        out._refresh()
+        if (
+            out.positives_.shape != (len(out.users_), out.n_items)
+            or len(out.users_) != meta["users"]
+        ):
+            raise ValueError(f"{directory}: interaction files disagree; rebuild the workspace")
+        return out
+
+
+# -- lexical --------------------------------------------------------------------------------
+
+
+class LexicalIndex:
+    """BM25 over item texts through ``bm25s`` (a sparse index; English stop words)."""
+
+    def fit(self, documents: Sequence[str]) -> LexicalIndex:
+        import bm25s
+
+        self.n_items_ = len(documents)
+        tokens = bm25s.tokenize(list(documents), stopwords="en", show_progress=False)
+        self.bm25_ = bm25s.BM25()
+        self.bm25_.index(tokens, show_progress=False)
+        return self
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """BM25 score of every item for the texts joined into one query (zeros: no text)."""
+        import bm25s
+
+        joined = " ".join(t for t in texts if t)
+        if not joined.strip():
+            return np.zeros(self.n_items_, np.float32)
+        tokens = bm25s.tokenize([joined], stopwords="en", return_ids=False, show_progress=False)
+        return np.asarray(self.bm25_.get_scores(tokens[0]), dtype=np.float32)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        self.bm25_.save(str(directory), show_progress=False)
+        write_json(Path(directory) / "lexical.json", {"n_items": self.n_items_})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, mmap: bool = False) -> LexicalIndex:
+        import bm25s
+
+        out = cls()
+        out.n_items_ = read_json(Path(directory) / "lexical.json")["n_items"]
+        out.bm25_ = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
+        return out
+
+
+# -- one shopper ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Shopper:
+    """What the channels know about one shopper.
+
+    ``items``/``item_weights`` are the catalogue positions of her events and their decayed
+    signed weights; ``evidence`` holds one unit vector per event or free text, labelled in
+    ``evidence_labels`` (the item id, or the text) for the reasons.
+    """
+
+    user_id: str | None
+    profile: UserProfile
+    items: np.ndarray
+    item_weights: np.ndarray
+    texts: tuple[str, ...]
+    evidence: np.ndarray
+    evidence_labels: tuple[str, ...]
+    seen: frozenset[str]
+
+    @property
+    def n_evidence(self) -> int:
+        return len(self.evidence_labels)
+
+
+class Candidates(NamedTuple):
+    """The union of the channels' lists for one shopper (row per candidate)."""
+
+    positions: np.ndarray  # catalogue positions
+    channels: np.ndarray  # bool [n, len(CHANNELS)]: which channels proposed it
+    features: np.ndarray  # float [n, len(FEATURES)]
+    vectors: np.ndarray  # float32 [n, d] item vectors
+    closest: np.ndarray  # int [n]: index into Shopper.evidence_labels (-1: none)
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.positions)
+
+
+class CandidateGenerator:
+    """Runs every channel for a shopper and scores the union on :data:`FEATURES`.
+
+    Parameters
+    ----------
+    config : ChannelConfig
+    catalogue : Catalogue
+    item_index : VectorIndex
+        Item vectors by item id.
+    user_index : VectorIndex or None
+        Profile vectors by user id (the neighbours channel).
+    interactions : Interactions
+    lexical : LexicalIndex or None
+    titles : sequence of str
+        Item titles (aligned with the catalogue), added to the BM25 query for her items.
+    """
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        catalogue: Catalogue,
+        item_index: VectorIndex,
+        user_index: VectorIndex | None,
+        interactions: Interactions,
+        lexical: LexicalIndex | None,
+        titles: Sequence[str],
+    ) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.item_index = item_index
+        self.user_index = user_index
+        self.interactions = interactions
+        self.lexical = lexical
+        self.titles = titles
+        self._by_category = _members(catalogue.categories, len(catalogue.category_names))
+        self._by_brand = _members(catalogue.brands, len(catalogue.brand_names))
+
+    def generate(self, shopper: Shopper, extra: np.ndarray | None = None) -> Candidates:
+        """The candidates for ``shopper`` (never an item she has seen); ``extra`` adds
+        positions of the caller's own (a filtered search)."""
+        cfg, cat = self.config, self.catalogue
+        profile = shopper.profile
+        proposed: dict[str, np.ndarray] = {}
+        seen = shopper.seen
+        exclude = set(seen)
+
+        vector = profile.vector
+        has_vector = bool(np.any(vector))
+        dense_hits = np.empty(0, np.int64)
+        dense_scores = np.empty(0)
+        if has_vector and len(self.item_index):
+            found = self.item_index.search(vector, cfg.dense, exclude=exclude)
+            dense_hits, dense_scores = self._positions(found.ids[0], found.scores[0])
+            proposed["dense"] = dense_hits
+        if len(profile.centres) > 1 and len(self.item_index):
+            found = self.item_index.search(profile.centres, cfg.centre, exclude=exclude)
+            proposed["centre"] = np.concatenate(
+                [self._positions(ids, scores)[0] for ids, scores in zip(found.ids, found.scores)]
+            )
+
+        bm25 = None
+        if self.lexical is not None:
+            query = [*shopper.texts, *(self.titles[p] for p in shopper.items)]
+            bm25 = self.lexical.scores(query)
+            if bm25.any():
+                proposed["lexical"] = _top(bm25, cfg.lexical)
+
+        votes = np.zeros(0)
+        voted = np.empty(0, np.int64)
+        neighbour_vector = np.zeros_like(vector)
+        if has_vector and self.user_index is not None and len(self.user_index):
+            skip = {shopper.user_id} if shopper.user_id is not None else None
+            found = self.user_index.search(vector, cfg.neighbours, exclude=skip)
+            ids = [u for u in found.ids[0] if u is not None]
+            sims = np.maximum(found.scores[0][: len(ids)].astype(np.float64), 0.0)
+            if len(ids) and sims.sum() > 0:
+                neighbour_vector = (sims @ self.user_index.get(ids)).astype(np.float32)
+                neighbour_vector /= max(float(np.linalg.norm(neighbour_vector)), 1e-12)
+                rows = [self.interactions.user_row_.get(u, -1) for u in ids]
+                known = np.array([r >= 0 for r in rows])
+                if known.any():
+                    matrix = self.interactions.positives_[np.array(rows)[known]]
+                    row = sparse.csr_matrix(sims[known] / sims.sum()) @ matrix
+                    voted, votes = row.indices.astype(np.int64), row.data.astype(np.float64)
+                    proposed["neighbours"] = voted[_top(votes, cfg.neighbour_items)]
+
+        liked = shopper.items[shopper.item_weights > 0]
+        cooc_positions, cooc_counts = np.empty(0, np.int64), np.zeros(0)
+        if len(liked):
+            row = (
+                sparse.csr_matrix(np.ones((1, len(liked)))) @ self.interactions.cooccurrence_[liked]
+            )
+            cooc_positions, cooc_counts = row.indices.astype(np.int64), row.data.astype(np.float64)
+            if len(cooc_positions):
+                proposed["cooccurrence"] = cooc_positions[_top(cooc_counts, cfg.cooccurrence)]
+
+        category_share = _shares(cat.categories, shopper.items, shopper.item_weights)
+        brand_share = _shares(cat.brands, shopper.items, shopper.item_weights)
+        dense_share = _shares(cat.categories, dense_hits[:20], np.maximum(dense_scores[:20], 0))
+        for name, shares, members, top in (
+            ("category", category_share or dense_share, self._by_category, cfg.top_categories),
+            ("brand", brand_share, self._by_brand, cfg.top_brands),
+        ):
+            best = sorted(shares, key=lambda c: (-shares[c], c))[:top]
+            offset = 0 if name == "category" else len(cat.category_names)
+            lists = [
+                self.interactions.trending(cfg.affinity, members[c], key=offset + c) for c in best
+            ]
+            if lists:
+                proposed[name] = np.concatenate(lists)
+        proposed["trending"] = self.interactions.trending(cfg.trending + len(seen))
+        if extra is not None and len(extra):
+            proposed["dense"] = np.concatenate([proposed.get("dense", []), extra]).astype(np.int64)
+
+        # -- the union, without what she has seen --
+        union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in proposed.values()]))
+        if seen:
+            banned = np.array([cat.position[i] for i in seen if i in cat.position], np.int64)
+            union = union[~np.isin(union, banned)]
+        channels = np.zeros((len(union), len(CHANNELS)), dtype=bool)
+        for name, positions in proposed.items():
+            channels[:, CHANNELS.index(name)] = np.isin(union, positions)
+
+        # -- features for every candidate --
+        vectors = self.item_index.get([cat.item_ids[p] for p in union]) if len(union) else None
+        if vectors is None:
+            vectors = np.empty((0, profile.pos_sum.shape[0]), np.float32)
+        features = np.zeros((len(union), len(FEATURES)))
+        column = {name: features[:, i] for i, name in enumerate(FEATURES)}
+        column["dense"][:] = vectors @ vector
+        column["centre"][:] = (
+            (vectors @ profile.centres.T).max(axis=1) if len(profile.centres) else vectors @ vector
+        )
+        column["neighbour_profile"][:] = vectors @ neighbour_vector
+        if profile.has_negative:
+            column["negative"][:] = np.maximum(vectors @ profile.negative, 0.0)
+        if bm25 is not None:
+            column["bm25"][:] = bm25[union]
+            top = float(column["bm25"].max(initial=0.0))
+            column["bm25_share"][:] = column["bm25"] / top if top > 0 else 0.0
+        column["category"][:] = _lookup(category_share, cat.categories[union])
+        column["category_dense"][:] = _lookup(dense_share, cat.categories[union])
+        column["brand"][:] = _lookup(brand_share, cat.brands[union])
+        column["votes"][:] = _sparse_lookup(voted, votes, union)
+        column["cooccurrence"][:] = np.log1p(_sparse_lookup(cooc_positions, cooc_counts, union))
+        column["popularity"][:] = self.interactions.popularity_[union]
+        column["trend"][:] = self.interactions.trend_scaled_[union]
+        prices = cat.log_prices[shopper.items]
+        usual = float(np.nanmean(prices)) if np.isfinite(prices).any() else np.nan
+        column["price_gap"][:] = np.abs(cat.log_prices[union] - usual)
+        column["evidence"][:] = np.log1p(shopper.n_evidence)
+
+        closest = np.full(len(union), -1, dtype=np.int64)
+        if shopper.n_evidence and len(union):
+            closest = np.argmax(vectors @ shopper.evidence.T, axis=1)
+        return Candidates(union, channels, features, vectors.astype(np.float32), closest)
+
+    def _positions(self, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        position = self.catalogue.position
+        keep = [i for i, item in enumerate(ids) if item is not None]
+        return (
+            np.array([position[ids[i]] for i in keep], dtype=np.int64),
+            np.asarray(scores, dtype=np.float64)[keep],
+        )
+
+
+def _members(codes: np.ndarray, n_codes: int) -> list[np.ndarray]:
+    """Positions of the items of each code."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_codes + 1))
+    return [order[bounds[c] : bounds[c + 1]] for c in range(n_codes)]
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest positive scores, best first."""
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > k:
+        positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
+    return positive[np.lexsort((positive, -scores[positive]))]
+
+
+def _shares(codes: np.ndarray, positions: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+    """Share of the positive weight per code (category or brand) among ``positions``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    keep = (weights > 0) & (codes[positions] >= 0) if len(positions) else np.zeros(0, bool)
+    if not keep.any():
+        return {}
+    sums = pd.Series(weights[keep]).groupby(codes[positions][keep]).sum()
+    total = float(sums.sum())
+    return {int(c): float(w) / total for c, w in sums.items()}
+
+
+def _lookup(shares: dict[int, float], codes: np.ndarray) -> np.ndarray:
+    return np.array([shares.get(int(c), 0.0) for c in codes]) if shares else np.zeros(len(codes))
+
+
+def _sparse_lookup(positions: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``values`` at ``wanted`` positions of a sparse vector given as (positions, values)."""
+    out = np.zeros(len(wanted))
+    if len(positions):
+        order = np.argsort(positions)
+        at = np.searchsorted(positions[order], wanted)
+        at = np.minimum(at, len(positions) - 1)
+        hit = positions[order][at] == wanted
+        out[hit] = values[order][at[hit]]
+    return out
