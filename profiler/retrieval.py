@@ -70,8 +70,11 @@ FEATURES = (
     "centre",  # best interest centre . item
     "neighbour_profile",  # similarity-weighted mean of her neighbours' profiles . item
     "negative",  # max(0, negative vector . item): like what she disliked
-    "bm25",  # BM25 of her texts and item titles against the item's text
+    "bm25",  # BM25 of her texts and her items' texts, joined, against the item's text
     "bm25_share",  # bm25 / her best bm25 among candidates
+    "bm25_mean",  # mean over her pieces of evidence of BM25(piece) / best BM25(piece)
+    "mean_embedding",  # mean of her item and text vectors (unweighted) . item
+    "evidence_max",  # best cosine to any one piece of her evidence
     "category",  # share of her positive evidence in the item's category
     "category_dense",  # share of her dense neighbourhood in the item's category
     "brand",  # share of her positive evidence with the item's brand
@@ -415,7 +418,7 @@ class CandidateGenerator:
     interactions : Interactions
     lexical : LexicalIndex or None
     titles : sequence of str
-        Item titles (aligned with the catalogue), added to the BM25 query for her items.
+        Item texts (aligned with the catalogue), her items' are pieces of the BM25 query.
     """
 
     def __init__(
@@ -461,12 +464,16 @@ class CandidateGenerator:
                 [self._positions(ids, scores)[0] for ids, scores in zip(found.ids, found.scores)]
             )
 
-        bm25 = None
+        bm25 = bm25_mean = None
         if self.lexical is not None:
-            query = [*shopper.texts, *(self.titles[p] for p in shopper.items)]
-            bm25 = self.lexical.scores(query)
+            pieces = [*shopper.texts, *(self.titles[p] for p in shopper.items)]
+            per_piece = [self.lexical.scores([piece]) for piece in pieces]
+            bm25 = np.sum(per_piece, axis=0) if per_piece else self.lexical.scores([])
+            bm25_mean = np.mean(
+                [s / s.max() if s.max() > 0 else s for s in per_piece] or [bm25], axis=0
+            )
             if bm25.any():
-                proposed["lexical"] = _top(bm25, cfg.lexical)
+                proposed["lexical"] = _top(bm25_mean, cfg.lexical)
 
         votes = np.zeros(0)
         voted = np.empty(0, np.int64)
@@ -541,6 +548,12 @@ class CandidateGenerator:
             column["bm25"][:] = bm25[union]
             top = float(column["bm25"].max(initial=0.0))
             column["bm25_share"][:] = column["bm25"] / top if top > 0 else 0.0
+            column["bm25_mean"][:] = bm25_mean[union]
+        if shopper.n_evidence and len(union):
+            mean = shopper.evidence.astype(np.float64).mean(axis=0)
+            mean /= max(float(np.linalg.norm(mean)), 1e-12)
+            column["mean_embedding"][:] = vectors @ mean.astype(np.float32)
+            column["evidence_max"][:] = (vectors @ shopper.evidence.T).max(axis=1)
         column["category"][:] = _lookup(category_share, cat.categories[union])
         column["category_dense"][:] = _lookup(dense_share, cat.categories[union])
         column["brand"][:] = _lookup(brand_share, cat.brands[union])
