@@ -52,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--item-vectors",
         type=Path,
-        help="output folder of `profiler embed` over the catalogue (ids = item_id): "
-        "use its vectors instead of embedding the items again",
+        help="vectors to use instead of embedding the items again: the output folder of "
+        "`profiler embed` over the catalogue (ids = item_id), or a .parquet file of your "
+        "own vectors with columns item_id and vector (fixed-length float32/float64 lists "
+        "from the workspace's model: 384-d for the bundled one); items they lack are embedded",
     )
     _add_common(build)
 

@@ -362,10 +362,14 @@ class Workspace:
             The embedder's engine and precision (see :class:`profiler.embedding.Embedder`;
             the default is the fastest path that agrees with float32). The workspace
             records them, and :meth:`open` embeds queries with the same numerics.
-        item_vectors : path or ShardedEmbeddings, optional
-            The output of an embedding job (``profiler embed``) over the catalogue, keyed
-            by ``item_id``: its vectors are used instead of embedding the items again.
-            It must come from the workspace's model; items it lacks are embedded here.
+        item_vectors : path or ShardedEmbeddings or ParquetVectors, optional
+            Vectors keyed by ``item_id``, used instead of embedding the items again: the
+            output folder of an embedding job (``profiler embed``) over the catalogue,
+            whose model must be the workspace's, or a ``.parquet`` file of the user's own
+            vectors (``item_id`` and a fixed-length ``vector`` column; see
+            :class:`profiler.jobs.ParquetVectors`). A file records no model, so its
+            vectors are taken as the workspace model's: only their dimension is checked,
+            and non-unit rows are L2-normalised. Items they lack are embedded here.
         """
         path = Path(path)
         with _locked(path):
@@ -827,26 +831,41 @@ def _item_vectors(
     documents: list[str],
     precomputed: str | os.PathLike[str] | ShardedEmbeddings | None,
 ) -> np.ndarray:
-    """Item vectors: from an embedding job's shards where given, the rest embedded here."""
+    """Item vectors: from precomputed vectors where given, the rest embedded here.
+
+    ``precomputed`` is an embedding job's folder, a Parquet file of vectors or either
+    one already open (:class:`profiler.jobs.ItemVectors`).
+    """
+    from profiler.jobs import open_item_vectors
+
     if precomputed is None:
         logger.info("embedding %d items", len(documents))
         return embedder.encode(documents)
-    shards = (
-        precomputed
-        if isinstance(precomputed, ShardedEmbeddings)
-        else ShardedEmbeddings(precomputed)
+    given = (
+        open_item_vectors(precomputed)
+        if isinstance(precomputed, (str, os.PathLike))
+        else precomputed
     )
-    if shards.model_id != embedder.model_id:
+    if given.model_id is None:
+        logger.info("%s records no model: vectors taken as %s's", given.source, embedder.model_id)
+    elif given.model_id != embedder.model_id:
         raise ValueError(
-            f"{shards.directory}: vectors were made with {shards.model_id!r}, but this "
+            f"{given.source}: vectors were made with {given.model_id!r}, but this "
             f"workspace uses {embedder.model_id!r}; embed again with the same model"
         )
-    found, vectors = shards.lookup(item_ids.tolist())
-    out = np.empty((len(documents), shards.dim), dtype=np.float32)
+    dim = embedder.dim  # from the cache when it knows, else the model the build loads anyway
+    if given.dim != dim:
+        raise ValueError(
+            f"{given.source}: vectors have {given.dim} dimensions, but this workspace's "
+            f"model {embedder.model_id!r} makes {dim}; item vectors must come from "
+            "the workspace's model (384 for the bundled all-MiniLM-L6-v2)"
+        )
+    found, vectors = given.lookup(item_ids.tolist())
+    out = np.empty((len(documents), given.dim), dtype=np.float32)
     out[found] = vectors
     missing = np.flatnonzero(~found)
     logger.info(
-        "item vectors: %d from %s, %d embedded here", found.sum(), shards.directory, len(missing)
+        "item vectors: %d from %s, %d embedded here", found.sum(), given.source, len(missing)
     )
     if len(missing):
         out[missing] = embedder.encode([documents[i] for i in missing])
