@@ -13,14 +13,17 @@ numerics never share a cache.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import logging
 import os
+import platform
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 import numpy as np
 
@@ -31,11 +34,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "BF16_MIN_COSINE",
+    "BF16_MIN_SPEEDUP",
     "DEFAULT_MODEL",
+    "PROBE_TEXTS",
+    "Bf16Probe",
     "Embedder",
     "EmbeddingCache",
     "ModelSpec",
-    "cpu_has_native_bf16",
+    "bf16_probe",
+    "cpu_key",
     "default_onnx_cache",
     "export_onnx",
     "resolve_backend",
@@ -240,24 +248,280 @@ def resolve_dtype(dtype: str | None) -> str | None:
     return _DTYPES[name]
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles).
+#: The probe's texts: short shopping texts like the ones the embedder mostly sees (titles,
+#: queries, one- or two-sentence reviews), mixed so batches carry realistic padding.
+PROBE_TEXTS = (
+    "Women's high-rise skinny jeans, dark wash, stretch denim",
+    "Men's waterproof hiking boots with Vibram sole",
+    "Organic cotton crew neck t-shirt, pack of 3",
+    "Stainless steel insulated water bottle 750 ml",
+    "Wireless noise-cancelling over-ear headphones",
+    "Cast iron skillet, 12 inch, pre-seasoned",
+    "Kids' rain jacket with hood, reflective trim",
+    "Linen button-down shirt, relaxed fit, sky blue",
+    "Memory foam pillow for side sleepers",
+    "Yoga mat 6 mm non-slip with carrying strap",
+    "Ceramic pour-over coffee dripper",
+    "Leather crossbody bag with adjustable strap",
+    "Merino wool running socks, 2 pairs",
+    "Bluetooth kitchen scale with nutrition app",
+    "Floral wrap midi dress with flutter sleeves",
+    "USB-C charging cable, braided, 2 m",
+    "Baby stroller, lightweight, one-hand fold",
+    "Trail running shoes",
+    "gift for dad who likes grilling",
+    "black dress for a winter wedding",
+    "cheap laptop stand",
+    "noise cancelling earbuds for the gym",
+    "red sneakers size 9",
+    "warm coat",
+    "Cashmere blend turtleneck sweater, oatmeal",
+    "Bamboo cutting board set with juice groove",
+    "Hardshell carry-on suitcase with spinner wheels",
+    "Sports bra, high support, racerback",
+    "Electric toothbrush with 3 brushing modes",
+    "Wide-leg corduroy trousers, camel",
+    "Reusable silicone food storage bags",
+    "Puffer vest, packable, navy",
+    "Fits true to size and the fabric is soft. Washed well, no shrinking.",
+    "Runs small, order a size up.",
+    "The zipper broke after two weeks of normal use.",
+    "Great value for the price, I bought a second one for my sister.",
+    "Color is darker than in the photos but I still love it.",
+    "Too thin for winter, fine as a layer in spring.",
+    "Arrived quickly and well packed.",
+    "Comfortable straight out of the box, no break-in needed.",
+    "The straps dig into my shoulders after an hour.",
+    "Perfect for travel, folds flat and fits in my backpack.",
+    "Battery lasts about six hours, less than advertised.",
+    "My toddler loves it and it survived being thrown down the stairs.",
+    "The seams started to fray after the first wash.",
+    "Looks expensive, nobody believes it was this cheap.",
+    "Returned it: the sleeves were far too long for me.",
+    "Stretchy waistband, good for long flights.",
+    "Smells strongly of plastic when you open the box.",
+    "I'm 5'4 and the length hits just above the ankle.",
+    "Keeps coffee hot for hours, lid does not leak.",
+    "Instructions were confusing but assembly took only 20 minutes.",
+    "Not as pictured. The print is blurry and the colours are off.",
+    "Soft, warm and not itchy at all, which is rare for wool.",
+    "The sole is slippery on wet pavement.",
+    "Bought it for hiking in the Alps and my feet stayed dry all week.",
+    "The fabric pills badly where the bag rubs against it.",
+    "Excellent customer service, they replaced the faulty one at once.",
+    "Pockets are deep enough for a phone, finally.",
+    "Dress is lined, so it is not see-through like the cheaper ones.",
+    "Sound quality is fine for podcasts, weak bass for music.",
+    "Love the fit but the colour faded after a few washes.",
+    "Heavier than expected, but very sturdy.",
+    "Would buy again.",
+)
+#: ``bf16`` is the default on a CPU only where it beats float32 by this much, at mean cosine
+#: >= this to float32 on :data:`PROBE_TEXTS`: 1.1x, not 1.0x, because the probe's timings
+#: vary by a few percent from run to run, and a tie is not worth batch-dependent vectors;
+#: 0.999 because bf16 measured 0.99995 on this model where the hardware does it right.
+BF16_MIN_SPEEDUP = 1.1
+BF16_MIN_COSINE = 0.999
+_PROBE_FORMAT = 1  # bump when the probe changes, so older measurements are not reused
+_PROBE_FILE = "bf16-probe.json"
+_PROBE_BATCH = 32  # two batches of PROBE_TEXTS: per-batch overhead is part of what is timed
+_PROBE_REPEATS = 3
+#: ``/proc/cpuinfo`` flags that decide how fast bfloat16 matrix products run.
+_BF16_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f")
 
-    Only AMX counts: on CPUs without it, bfloat16 measured ~2.5x *slower* than float32.
+
+class Bf16Probe(NamedTuple):
+    """What :func:`bf16_probe` measured, and the CPU default it implies.
+
+    Attributes
+    ----------
+    speedup : float
+        bfloat16 texts/s over float32 texts/s on :data:`PROBE_TEXTS` (> 1: bf16 is faster).
+    cosine : float
+        Mean cosine between the bfloat16 and float32 vector of each probe text.
+    dtype : {"bfloat16", "float32"}
+        ``"bfloat16"`` when ``speedup >= BF16_MIN_SPEEDUP`` and ``cosine >= BF16_MIN_COSINE``.
+    cpu : str
+        :func:`cpu_key` of the machine it was measured on.
+    model_id : str
+        The model's (float32) id.
+    """
+
+    speedup: float
+    cosine: float
+    dtype: str
+    cpu: str
+    model_id: str
+
+
+def cpu_key() -> str:
+    """This machine's identity for cached bfloat16 measurements.
+
+    CPU model name, the flags that decide bfloat16 speed (AMX, AVX-512 BF16), the torch
+    version (its CPU kernels change between releases) and the cores this process may use.
     """
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if probe is not None:
-        try:
-            return bool(probe())
-        except RuntimeError:
-            return False
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in fh)
+            for line in fh:
+                field, _, value = line.partition(":")
+                field = field.strip()
+                if field == "model name" and not name:
+                    name = value.strip()
+                elif field == "flags" and not flags:
+                    flags = set(value.split())
+                if name and flags:
+                    break
     except OSError:
-        return False
+        pass  # not Linux: the name below and the torch version still tell machines apart
+    name = name or platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    present = ",".join(flag for flag in _BF16_FLAGS if flag in flags) or "-"
+    return f"{name} | {present} | torch {torch.__version__} | {cores} cores"
+
+
+def _probe_path() -> Path:
+    return _user_cache_root() / _PROBE_FILE
+
+
+def _probe_entry_key(cpu: str, model_id: str) -> str:
+    return f"{cpu} | {model_id}"
+
+
+def _read_probes(path: Path) -> dict[str, dict]:
+    """The cached measurements by entry key; ``{}`` for a missing, stale or corrupt file."""
+    if not path.is_file():
+        return {}
+    try:
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("probes"), dict):
+            raise ValueError(f"{path}: expected an object with a 'probes' object")
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring corrupt bfloat16 probe cache (%s); it will be rewritten", exc)
+        return {}
+    if data.get("format") != _PROBE_FORMAT:
+        return {}
+    return data["probes"]
+
+
+def _cached_probe(model_id: str, path: Path | None = None) -> Bf16Probe | None:
+    """The cached probe for this CPU and ``model_id``, or ``None``; never loads a model."""
+    path = path or _probe_path()
+    cpu = cpu_key()
+    entry = _read_probes(path).get(_probe_entry_key(cpu, model_id))
+    if entry is None:
+        return None
+    try:
+        probe = Bf16Probe(
+            speedup=float(entry["speedup"]), cosine=float(entry["cosine"]),
+            dtype=str(entry["dtype"]), cpu=cpu, model_id=model_id,
+        )  # fmt: skip
+        if probe.dtype not in ("bfloat16", "float32"):
+            raise ValueError(probe.dtype)
+    except (TypeError, KeyError, ValueError):
+        logger.warning("ignoring damaged entry %r in %s; re-measuring", entry, path)
+        return None
+    return probe
+
+
+def _choose_cpu_dtype(speedup: float, cosine: float) -> str:
+    return "bfloat16" if speedup >= BF16_MIN_SPEEDUP and cosine >= BF16_MIN_COSINE else "float32"
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU kernels on ``n`` threads inside the block, restoring the count after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure_bf16(model: SentenceTransformer, texts: Sequence[str]) -> tuple[float, float]:
+    """``(speedup, mean cosine)`` of bfloat16 over float32 for a float32 ``model`` on CPU.
+
+    Both run through :func:`_encode_torch`, as :class:`Embedder` runs them, on a bfloat16
+    copy cast as :class:`Embedder` casts (``model`` itself is not changed). One warm-up
+    pass each (oneDNN picks its kernels on the first call), then the best of
+    ``_PROBE_REPEATS`` interleaved timings, so drift in machine load hits both alike.
+
+    Timed on one thread: bf16 hardware (AMX, AVX-512 BF16) is per core, so the ratio is
+    the same, and it survives a busy machine. Measured on this project's 2-core Xeon while
+    another process kept both cores busy: on 2 threads each pass slowed ~12x (the threads
+    wait on each other) and the ratio read 1.0-1.5x, which would have cached float32; on
+    one thread it read 2.4-3.0x, as 2 threads did on the idle machine (1.8-3.1x).
+    """
+    texts = list(texts)
+    fp32 = model if model.device.type == "cpu" else copy.deepcopy(model).to("cpu")
+    bf16 = _cast(copy.deepcopy(fp32), "torch", "bfloat16")
+    best = {}
+    with _torch_threads(1):
+        for name, candidate in (("float32", fp32), ("bfloat16", bf16)):
+            best[name] = (np.inf, _encode_torch(candidate, texts, _PROBE_BATCH, "cpu", False))
+        for _ in range(_PROBE_REPEATS):
+            for name, candidate in (("float32", fp32), ("bfloat16", bf16)):
+                start = time.perf_counter()
+                vectors = _encode_torch(candidate, texts, _PROBE_BATCH, "cpu", False)
+                best[name] = (min(best[name][0], time.perf_counter() - start), vectors)
+    speedup = best["float32"][0] / best["bfloat16"][0]
+    cosine = float(np.mean(np.sum(best["float32"][1] * best["bfloat16"][1], axis=1)))
+    return float(speedup), cosine
+
+
+def bf16_probe(model: SentenceTransformer, model_id: str, *, refresh: bool = False) -> Bf16Probe:
+    """Whether bfloat16 should be this CPU's default for ``model``: measured once, then cached.
+
+    Times float32 against bfloat16 forward passes of ``model`` on :data:`PROBE_TEXTS`
+    (64 short shopping texts, on one thread; 1-2 s) and compares their vectors. bfloat16
+    is chosen when it gives at least :data:`BF16_MIN_SPEEDUP` times the texts/s at mean
+    cosine >= :data:`BF16_MIN_COSINE`. Whether it does depends on the CPU, not on a flag
+    one can read: Intel AMX runs it 2-4x faster, AVX-512 BF16 without AMX (AMD Zen 4)
+    ~1.5x, and CPUs with neither ~2.5x *slower* than float32.
+
+    The result is kept in ``bf16-probe.json`` in the user cache root (``$INTEREST_PROFILER_CACHE``,
+    else ``$XDG_CACHE_HOME/interest-profiler`` or ``~/.cache/interest-profiler``), keyed by
+    :func:`cpu_key` and ``model_id``; a corrupt file is ignored (with a warning) and
+    rewritten. Measured on this project's 2-core Xeon with AMX and the bundled
+    all-MiniLM-L6-v2, while other jobs kept its cores busy: speedup 2.4-3.0x, mean cosine
+    0.99995, 1.3-2.0 s per probe, so bfloat16.
+
+    Parameters
+    ----------
+    model : SentenceTransformer
+        The model in float32 (any device: the probe copies it to the CPU if needed).
+    model_id : str
+        Its float32 id (:attr:`ModelSpec.model_id`), the cache key with the CPU.
+    refresh : bool
+        Measure again even when a result is cached (and replace it).
+
+    Returns
+    -------
+    Bf16Probe
+    """
+    path = _probe_path()
+    if not refresh and (cached := _cached_probe(model_id, path)) is not None:
+        return cached
+    speedup, cosine = _measure_bf16(model, PROBE_TEXTS)
+    probe = Bf16Probe(speedup, cosine, _choose_cpu_dtype(speedup, cosine), cpu_key(), model_id)
+    logger.info(
+        "bfloat16 probe on %s: %.2fx the texts/s of float32, mean cosine %.5f -> %s (kept in %s)",
+        probe.cpu, speedup, cosine, probe.dtype, path,
+    )  # fmt: skip
+    probes = _read_probes(path)
+    # Read-modify-write: two processes probing at once may drop one's entry, which only
+    # means it is measured again next time.
+    probes[_probe_entry_key(probe.cpu, model_id)] = {
+        "speedup": speedup, "cosine": cosine, "dtype": probe.dtype,
+        "cpu": probe.cpu, "model_id": model_id,
+    }  # fmt: skip
+    write_json(path, {"format": _PROBE_FORMAT, "probes": probes})
+    return probe
 
 
 def onnxruntime_available() -> bool:
@@ -275,19 +539,24 @@ def _require_onnxruntime(backend: str) -> None:
         )
 
 
-def resolve_backend(backend: str, dtype: str | None, device: str) -> tuple[str, str]:
+def resolve_backend(
+    backend: str, dtype: str | None, device: str, *, probe: Bf16Probe | None = None
+) -> tuple[str, str | None]:
     """Resolve ``(backend, dtype)`` requests to the concrete pair that will run.
 
     ``"auto"`` without a dtype is the fastest path that keeps mean cosine >= 0.99 and
-    top-10 neighbour overlap >= 0.95 to float32 ``SentenceTransformer.encode``: torch
-    bfloat16 on CPUs that multiply bfloat16 in hardware (AMX), torch float32 on other CPUs
-    and on GPUs. Measured on the bundled clothing titles and reviews (``benchmarks/embed.py``,
-    2-core Xeon with AMX):
+    top-10 neighbour overlap >= 0.95 to float32 ``SentenceTransformer.encode``: on a CPU,
+    torch bfloat16 where :func:`bf16_probe` measured it faster than float32 on this machine
+    (at mean cosine >= 0.999), else torch float32; torch float32 on GPUs. That choice needs
+    the probe, so for ``"auto"`` on a CPU without ``probe`` the dtype comes back ``None``:
+    :class:`Embedder` decides when it first needs the model or its id. Measured on the
+    bundled clothing titles and reviews (``benchmarks/embed.py``, 2-core Xeon with AMX):
 
     * torch bfloat16: mean cosine 0.99995, top-10 overlap 0.99, 2-4x the texts/s of
       float32. A text's vector moves by up to ~1e-3 with the texts that share its batch
-      (float32: ~1e-7); workspaces cache each text's vector, so a rebuild reuses it. On
-      CPUs without AMX bfloat16 is ~2.5x *slower* than float32, hence the check;
+      (float32: ~1e-7); workspaces cache each text's vector, so a rebuild reuses it. Without
+      AMX it ranges from ~1.5x faster (AVX-512 BF16, AMD Zen 4) to ~2.5x *slower* (neither),
+      hence a measurement rather than a rule;
     * torch float32 through :class:`Embedder` (token-length-sorted batches): exact;
     * ONNX Runtime float32 (``backend="onnx"``): exact, no faster than torch here;
     * ONNX Runtime int8 (``backend="onnx-int8"``): mean cosine 0.991 but top-10 overlap
@@ -310,19 +579,23 @@ def resolve_backend(backend: str, dtype: str | None, device: str) -> tuple[str, 
             )
         _require_onnxruntime(backend)
         return backend, "float32"
-    if backend == "auto" and not on_gpu and dtype is None and cpu_has_native_bf16():
-        return "torch", "bfloat16"
+    if backend == "auto" and not on_gpu and dtype is None:
+        return "torch", None if probe is None else probe.dtype
     return "torch", dtype or "float32"
 
 
-def default_onnx_cache() -> Path:
-    """``$INTEREST_PROFILER_CACHE/onnx``, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+def _user_cache_root() -> Path:
     root = os.environ.get("INTEREST_PROFILER_CACHE")
     if root is None:
         root = (
             Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "interest-profiler"
         )
-    return Path(root).expanduser() / "onnx"
+    return Path(root).expanduser()
+
+
+def default_onnx_cache() -> Path:
+    """``$INTEREST_PROFILER_CACHE/onnx``, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    return _user_cache_root() / "onnx"
 
 
 class Embedder:
@@ -341,15 +614,19 @@ class Embedder:
     show_progress_bar : bool, optional
         ``None`` shows a bar when logging is at INFO or lower, as sentence-transformers does.
     backend : {"auto", "torch", "onnx", "onnx-int8"}
-        The engine. ``"auto"`` is torch (see :func:`resolve_backend` for the measured
-        alternatives).
+        The engine. ``"auto"`` is torch, in bfloat16 on CPUs where :func:`bf16_probe`
+        measured it faster than float32, else float32 (see :func:`resolve_backend` for the
+        measured alternatives).
         ``"onnx"`` (float32, same vectors as torch) and ``"onnx-int8"`` (weights int8 per
         channel: faster on long texts but lossy, mean cosine 0.991, top-10 overlap 0.85-0.90
         on the bundled data) need the ``fast`` extra and run on the CPU.
     dtype : {"float32", "float16", "bfloat16"}, optional
-        Precision of the torch backend (default float32). ``"bfloat16"`` is 2-4x faster
-        on CPUs with AMX (mean cosine 0.99995 to float32, vectors batch-dependent at ~1e-3);
-        ``"float16"``/``"bfloat16"`` on GPUs. Output vectors are float32 whatever it is.
+        Precision of the torch backend. Default: with ``backend="auto"`` on a CPU, the
+        probe's choice, made the first time the model or ``model_id`` is needed (once per
+        machine and model, then read from its cache); float32 otherwise. ``"bfloat16"`` is
+        2-4x faster on CPUs with AMX (mean cosine 0.99995 to float32, vectors
+        batch-dependent at ~1e-3); ``"float16"``/``"bfloat16"`` on GPUs. Output vectors are
+        float32 whatever it is.
     onnx_cache : path, optional
         Where exported ONNX models are kept (default :func:`default_onnx_cache`); the
         export runs once per model and backend, on first use.
@@ -382,7 +659,8 @@ class Embedder:
     ) -> None:
         self.spec = resolve_model(model)
         self.device = resolve_device(device)
-        self.backend, self.dtype = resolve_backend(backend, dtype, self.device)
+        # ``_dtype`` is None until the probe decides (auto on a CPU): see ``dtype``.
+        self.backend, self._dtype = resolve_backend(backend, dtype, self.device)
         self.batch_size = int(batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.show_progress_bar = show_progress_bar
@@ -397,40 +675,57 @@ class Embedder:
         return self.spec.model_id + _ID_SUFFIX[self.backend, self.dtype]
 
     @property
+    def dtype(self) -> str:
+        """The precision that runs (``"float32"`` for the ONNX backends).
+
+        For ``backend="auto"`` on a CPU this is :func:`bf16_probe`'s choice: read from its
+        cache when this machine has measured this model, else measured on the model, which
+        is loaded for it (the load :attr:`model` would do anyway).
+        """
+        if self._dtype is None:
+            cached = _cached_probe(self.spec.model_id)
+            if cached is not None:
+                self._dtype = cached.dtype
+            elif self._model is not None:  # weights handed in (float32), not loaded here
+                self._dtype = bf16_probe(self._model, self.spec.model_id).dtype
+            else:
+                self._load_model()  # probes the float32 weights before casting them
+        return self._dtype
+
+    @property
     def model(self) -> SentenceTransformer:
         """The loaded sentence-transformers model (loaded on first use, offline).
 
         In ``dtype`` for the torch backend; float32 for the ONNX backends, which use it for
-        its tokenizer and, once, for the export.
+        its tokenizer and, once, for the export. With ``backend="auto"`` on a CPU the first
+        load may run :func:`bf16_probe` on the float32 weights before casting them.
         """
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            import torch
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-
-            logger.info(
-                "loading model %s on %s (%s %s)", self.spec.model_id, self.device, self.backend,
-                self.dtype,
-            )  # fmt: skip
-            model = SentenceTransformer(str(self.spec.path), device=self.device)
-            if self.backend == "torch" and self.dtype != "float32":
-                model.to(getattr(torch, self.dtype))
-            self._model = model.eval()
+            self._load_model()
         return self._model
+
+    def _load_model(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        logger.info(
+            "loading model %s on %s (%s %s)", self.spec.model_id, self.device, self.backend,
+            self._dtype or "dtype by probe",
+        )  # fmt: skip
+        model = SentenceTransformer(str(self.spec.path), device=self.device)
+        if self._dtype is None:
+            self._dtype = bf16_probe(model, self.spec.model_id).dtype
+        self._model = _cast(model, self.backend, self._dtype).eval()
 
     @property
     def dim(self) -> int:
         """Output dimension (from the cache when it knows, else from the loaded model)."""
         if self._model is None and self.cache is not None and len(self.cache):
             return int(self.cache.dim)
-        model = self.model
-        get_dim = getattr(model, "get_embedding_dimension", None) or (
-            model.get_sentence_embedding_dimension
-        )
-        return int(get_dim())
+        return _model_dim(self.model)
 
     @property
     def cache(self) -> EmbeddingCache | None:
@@ -511,35 +806,14 @@ class Embedder:
             show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
         batch_size = batch_size or self.batch_size
         model = self.model
+        if self.backend == "torch":
+            return _encode_torch(model, texts, batch_size, self.device, show_progress_bar)
         if not _is_plain_text_model(model):
-            if self.backend != "torch":
-                raise ValueError(
-                    f"{self.spec.path}: backend={self.backend!r} supports models whose first "
-                    "module is a sentence-transformers Transformer; use backend='torch'"
-                )
-            vectors = model.encode(
-                texts, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                convert_to_numpy=True, normalize_embeddings=True,
-            )  # fmt: skip
-            return _unit_rows(np.asarray(vectors, dtype=np.float32))
-        forward = self._torch_forward if self.backend == "torch" else self._onnx_forward
-        from tqdm.auto import tqdm
-
-        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-        with tqdm(total=len(texts), desc="Embedding", disable=not show_progress_bar) as bar:
-            for rows, features in _padded_batches(model, texts, batch_size):
-                vectors[rows] = forward(features)
-                bar.update(len(rows))
-        # Re-normalise in float32: half-precision models drift from unit norm.
-        return _unit_rows(vectors)
-
-    def _torch_forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in features.items()}
-            vectors = self.model(tensors)["sentence_embedding"]
-            return vectors.float().cpu().numpy()
+            raise ValueError(
+                f"{self.spec.path}: backend={self.backend!r} supports models whose first "
+                "module is a sentence-transformers Transformer; use backend='torch'"
+            )
+        return _encode_padded(model, texts, batch_size, self._onnx_forward, show_progress_bar)
 
     def _onnx_forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
         if self._session is None:
@@ -604,6 +878,66 @@ class Embedder:
             "backend": self.backend,
             "dtype": self.dtype,
         }
+
+
+def _cast(model: SentenceTransformer, backend: str, dtype: str) -> SentenceTransformer:
+    """``model`` (float32) cast in place to the precision ``backend`` runs it in."""
+    if backend == "torch" and dtype != "float32":
+        import torch
+
+        model.to(getattr(torch, dtype))
+    return model
+
+
+def _model_dim(model: SentenceTransformer) -> int:
+    get_dim = getattr(model, "get_embedding_dimension", None) or (
+        model.get_sentence_embedding_dimension
+    )
+    return int(get_dim())
+
+
+def _encode_torch(
+    model: SentenceTransformer,
+    texts: list[str],
+    batch_size: int,
+    device: str,
+    show_progress_bar: bool,
+) -> np.ndarray:
+    """Unit float32 vectors of ``texts`` from a torch model in whatever dtype it holds."""
+    if not _is_plain_text_model(model):
+        vectors = model.encode(
+            texts, batch_size=batch_size, show_progress_bar=show_progress_bar,
+            convert_to_numpy=True, normalize_embeddings=True,
+        )  # fmt: skip
+        return _unit_rows(np.asarray(vectors, dtype=np.float32))
+
+    def forward(features: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(device) for k, v in features.items()}
+            return model(tensors)["sentence_embedding"].float().cpu().numpy()
+
+    return _encode_padded(model, texts, batch_size, forward, show_progress_bar)
+
+
+def _encode_padded(
+    model: SentenceTransformer,
+    texts: list[str],
+    batch_size: int,
+    forward: Callable[[dict[str, np.ndarray]], np.ndarray],
+    show_progress_bar: bool,
+) -> np.ndarray:
+    """Run ``forward`` over token-length-sorted padded batches; unit float32 rows back."""
+    from tqdm.auto import tqdm
+
+    vectors = np.empty((len(texts), _model_dim(model)), dtype=np.float32)
+    with tqdm(total=len(texts), desc="Embedding", disable=not show_progress_bar) as bar:
+        for rows, features in _padded_batches(model, texts, batch_size):
+            vectors[rows] = forward(features)
+            bar.update(len(rows))
+    # Re-normalise in float32: half-precision models drift from unit norm.
+    return _unit_rows(vectors)
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
