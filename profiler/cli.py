@@ -14,9 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from profiler.coldstart import ProfileRecommender
 from profiler.jobs import DTYPES, EmbedJob
-from profiler.storage import write_json
 from profiler.workspace import Results, Workspace
 
 logger = logging.getLogger("profiler")
@@ -177,8 +175,27 @@ def _print_results(heading: str, results: Results) -> None:
     print(heading)
     if not results.ids:
         print("   (no items)")
-    for rank, (item_id, score, title) in enumerate(zip(*results), start=1):
+    reasons = results.reasons or [None] * len(results.ids)
+    rows = zip(results.ids, results.scores, results.titles, reasons)
+    for rank, (item_id, score, title, reason) in enumerate(rows, start=1):
         print(f"  {rank:2d}. {score:6.3f}  {item_id:>10}  {title}")
+        if reason:
+            print(f"      {describe_reason(reason)}")
+
+
+def describe_reason(reason: dict) -> str:
+    """One line: the channels that proposed an item, its strongest features, its nearest
+    piece of the shopper's evidence."""
+    parts = ["via " + ", ".join(reason["channels"])]
+    if reason["features"]:
+        parts.append(
+            ", ".join(f"{f['feature']} {f['contribution']:+.2f}" for f in reason["features"])
+        )
+    closest = reason.get("closest")
+    if closest:
+        near = closest.get("title") or closest.get("text", "")
+        parts.append(f"like {near[:50]!r}")
+    return "; ".join(parts)
 
 
 def _emit(
@@ -307,29 +324,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = ev.text_split(corpus.events, corpus.text_vectors, seed=args.seed)
     if not split.cases:
         raise ValueError(f"{args.workspace}: the {args.split} split has no test cases")
-    systems: list = []
+    # The profiler is trained on the split's training events exactly as `build` trains
+    # it on all of them (one training path); evaluate writes no settings of its own.
     rows = ev.evaluate(
         corpus,
         split,
         ev.default_systems(args.seed),
         tune=not args.no_tune,
         truncate=truncate,
-        fitted=systems,
     )
     name = f"evaluate-{args.split}"
     paths = ev.write_report(rows, ws.path / "reports", name, f"{ws.path.name}: {split.name}")
-    tuned = next((s for s in systems if isinstance(s, ProfileRecommender)), None)
-    if tuned is not None and tuned.params is not None:
-        # Serving uses the weights tuned on this workspace's validation users.
-        write_json(
-            ws.path / "models" / "recommender.json",
-            {
-                "params": tuned.params.to_dict(),
-                "profile_config": tuned.config.to_dict() if tuned.config else None,
-                "validation_ndcg@10": getattr(tuned, "validation_ndcg_", None),
-                "split": split.name,
-            },
-        )
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict()))

@@ -199,7 +199,8 @@ def text_split(
 
 
 def default_systems(seed: int = 0) -> list[Recommender]:
-    """The profiler and every baseline, unfitted."""
+    """The profiler (the two-stage recommender ``build`` trains) and every baseline,
+    unfitted."""
     from profiler.baselines import (
         ALSBaseline,
         ItemKNN,
@@ -207,9 +208,10 @@ def default_systems(seed: int = 0) -> list[Recommender]:
         Popularity,
         TfidfBaseline,
     )
+    from profiler.ranking import TwoStageRecommender
 
     return [
-        ProfileRecommender(),
+        TwoStageRecommender(),
         Popularity(),
         TfidfBaseline(),
         MeanEmbedding(),

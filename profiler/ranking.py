@@ -14,8 +14,9 @@ sampled user's last event with an item is the target, everything strictly before
 history, and the same users cut to 1 event and to her last text alone, so cold start is
 learned too), scores the default blend, the fitted blend and LightGBM by
 5-fold cross-validation over users and keeps the best, refitted on all queries; with too
-few queries it keeps the default blend. :class:`TwoStageRecommender` is what ``profiler build`` trains,
-``profiler evaluate`` measures and ``recommend`` serves: one training path.
+few queries it keeps the default blend. :class:`TwoStageRecommender` is what
+``profiler build`` trains, ``profiler evaluate`` measures and ``recommend`` serves: one
+training path.
 
 Why :data:`MONOTONE`: in a sparse extract nearly every item is touched by one shopper, so
 an item no one touched is, by construction, somebody's held-out target; a scorer free to
@@ -26,6 +27,7 @@ More evidence that others want an item may only help it.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -142,8 +144,10 @@ class RankerConfig:
 def _zscore(features: np.ndarray) -> np.ndarray:
     """Features standardised within one shopper's candidates (NaN and constant: 0)."""
     x = np.where(np.isfinite(features), features, np.nan)
-    mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
-    std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+    with warnings.catch_warnings():  # an all-NaN column (no prices) is expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
     mean = np.nan_to_num(mean)
     z = (np.nan_to_num(x, nan=0.0) - mean) / np.where(std > 1e-9, std, 1.0)
     z[:, ~(std > 1e-9)] = 0.0
@@ -346,6 +350,8 @@ def _all_evidence(
         event_evidence(builder, events.iloc[lo : lo + chunk], item_index, text_vectors)
         for lo in range(0, len(events), chunk)
     ]
+    if not parts:
+        return Evidence.empty(item_index.dim)
     return parts[0] if len(parts) == 1 else Evidence(*(np.concatenate(a) for a in zip(*parts)))
 
 
@@ -450,12 +456,39 @@ class TwoStageRecommender(Recommender):
         self.item_index_ = item_index
         self.lexical_ = lexical or LexicalIndex().fit(corpus.item_texts)
         self.text_vectors_ = corpus.text_vectors
+        self.item_text_ = corpus.item_texts.__getitem__
         if train:
             self.scorer_, self.report_ = train_scorer(self, corpus.events)
         else:
             self.scorer_, self.report_ = BlendScorer(), {"scorer": "blend", "why": "not trained"}
         self.set_state(self.fit_state(corpus.events))
         return self
+
+    @classmethod
+    def assemble(
+        cls,
+        *,
+        config: ProfileConfig,
+        channels: ChannelConfig,
+        ranker: RankerConfig,
+        catalogue: Catalogue,
+        item_index: VectorIndex,
+        lexical: LexicalIndex,
+        text_vectors: np.ndarray,
+        item_text,
+        scorer: Scorer,
+        report: dict,
+        state: State,
+    ) -> TwoStageRecommender:
+        """A fitted recommender from stored parts (a workspace opened for serving)."""
+        model = cls(config, channels, ranker)
+        model.builder_ = ProfileBuilder(config)
+        model.channels_, model.ranker_ = channels, ranker
+        model.catalogue_, model.item_index_, model.lexical_ = catalogue, item_index, lexical
+        model.text_vectors_, model.item_text_ = text_vectors, item_text
+        model.scorer_, model.report_ = scorer, report
+        model.set_state(state)
+        return model
 
     def fit_state(self, events: pd.DataFrame) -> State:
         return fit_state(
@@ -477,7 +510,7 @@ class TwoStageRecommender(Recommender):
             state.user_index,
             state.interactions,
             self.lexical_,
-            self.corpus_.item_texts,
+            self.item_text_,
         )
 
     # -- serving --------------------------------------------------------------------------
@@ -541,9 +574,21 @@ class TwoStageRecommender(Recommender):
         ranked = Candidates(*(a[order] for a in candidates))
         return Ranked(ranked.positions, scores[order], ranked, np.empty((0, len(FEATURES))))
 
-    def explain(self, ranked: Ranked, top: int) -> np.ndarray:
-        """Feature contributions of the first ``top`` ranked candidates."""
-        return self.scorer_.contributions(ranked.candidates.features[:top])
+    def explain_rows(self, ranked: Ranked, rows: np.ndarray) -> np.ndarray:
+        """Feature contributions ``[len(rows), len(FEATURES)]`` of ranked candidates
+        (standardised over all her candidates, as when they were scored)."""
+        if not len(rows):
+            return np.empty((0, len(FEATURES)))
+        if ranked.scores is not None and len(ranked.positions) and self._trend_only(ranked):
+            out = np.zeros((len(rows), len(FEATURES)))
+            out[:, FEATURES.index("trend")] = ranked.scores[rows]
+            return out
+        return self.scorer_.contributions(ranked.candidates.features)[rows]
+
+    @staticmethod
+    def _trend_only(ranked: Ranked) -> bool:
+        evidence = ranked.candidates.features[:, FEATURES.index("evidence")]
+        return bool(evidence.max() == 0)
 
     def recommend(self, query: Query, k: int = 10, exclude: Sequence[str] = ()) -> list[str]:
         ranked = self.rank(self.shopper(query), exclude=exclude)
@@ -589,7 +634,7 @@ def training_queries(
     Returns the user of each query, its feature rows, its labels (1: the held-out item)
     and the number of queries (including those whose target no channel proposed).
     """
-    from profiler.evaluate import leave_last_out
+    from profiler.evaluate import Case, leave_last_out
 
     cfg = model.ranker_
     users = pd.unique(events["user_id"])
@@ -598,18 +643,29 @@ def training_queries(
         users = rng.choice(users, size=cfg.max_users, replace=False)
     chosen = events["user_id"].isin(set(users)).to_numpy()
     split = leave_last_out(events[chosen], model.text_vectors_, truncate=(0, 1))
-    train_events = pd.concat([events[~chosen], split.train]).sort_values("timestamp", kind="stable")
+    # A shopper with one event that has a text and an item (a lone review) teaches
+    # text-only cold start: her text is the query, her item the target.
+    sizes = events["user_id"][chosen].value_counts()
+    lone = events[chosen & events["user_id"].isin(set(sizes.index[sizes == 1])).to_numpy()]
+    lone = lone[(lone["item_id"] != "") & (lone["text_row"] >= 0)]
+    cases = list(split.cases)
+    for event in lone.itertuples(index=False):
+        texts = model.text_vectors_[[int(event.text_row)]]
+        query = Query(event.user_id, lone.iloc[:0], (event.text,), texts)
+        cases.append(Case(query, frozenset([event.item_id])))
+    kept = split.train.drop(index=lone.index, errors="ignore")  # labels are events'
+    train_events = pd.concat([events[~chosen], kept]).sort_values("timestamp", kind="stable")
     model.set_state(model.fit_state(train_events))
     owners, groups, labels = [], [], []
     position = model.catalogue_.position
-    for case in split.cases:
+    for case in cases:
         ranked_targets = [position[t] for t in case.targets if t in position]
         candidates = model.generator_.generate(model.shopper(case.query))
         label = np.isin(candidates.positions, ranked_targets).astype(np.float64)
         owners.append(str(case.query.user_id))
         groups.append(candidates.features)
         labels.append(label)
-    return owners, groups, labels, len(split.cases)
+    return owners, groups, labels, len(cases)
 
 
 def train_scorer(model: TwoStageRecommender, events: pd.DataFrame) -> tuple[Scorer, dict]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -417,8 +417,8 @@ class CandidateGenerator:
         Profile vectors by user id (the neighbours channel).
     interactions : Interactions
     lexical : LexicalIndex or None
-    titles : sequence of str
-        Item texts (aligned with the catalogue), her items' are pieces of the BM25 query.
+    item_text : callable
+        Catalogue position -> item text; her items' texts are pieces of the BM25 query.
     """
 
     def __init__(
@@ -429,7 +429,7 @@ class CandidateGenerator:
         user_index: VectorIndex | None,
         interactions: Interactions,
         lexical: LexicalIndex | None,
-        titles: Sequence[str],
+        item_text: Callable[[int], str],
     ) -> None:
         self.config = config
         self.catalogue = catalogue
@@ -437,7 +437,7 @@ class CandidateGenerator:
         self.user_index = user_index
         self.interactions = interactions
         self.lexical = lexical
-        self.titles = titles
+        self.item_text = item_text
         self._by_category = _members(catalogue.categories, len(catalogue.category_names))
         self._by_brand = _members(catalogue.brands, len(catalogue.brand_names))
 
@@ -466,7 +466,7 @@ class CandidateGenerator:
 
         bm25 = bm25_mean = None
         if self.lexical is not None:
-            pieces = [*shopper.texts, *(self.titles[p] for p in shopper.items)]
+            pieces = [*shopper.texts, *(self.item_text(int(p)) for p in shopper.items)]
             per_piece = [self.lexical.scores([piece]) for piece in pieces]
             bm25 = np.sum(per_piece, axis=0) if per_piece else self.lexical.scores([])
             bm25_mean = np.mean(

@@ -31,18 +31,33 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from profiler.coldstart import BlendParams, ProfileRecommender, event_evidence, mmr
+from profiler.coldstart import mmr
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
 from profiler.jobs import ShardedEmbeddings
 from profiler.profiles import (
     ProfileBuilder,
     ProfileConfig,
-    UserProfile,
+    ProfileStore,
     load_profiles,
-    save_profiles,
+)
+from profiler.ranking import (
+    RankerConfig,
+    State,
+    TwoStageRecommender,
+    event_evidence,
+    load_scorer,
+    save_scorer,
 )
 from profiler.recommender import Corpus, Query
+from profiler.retrieval import (
+    CHANNELS,
+    FEATURES,
+    Catalogue,
+    ChannelConfig,
+    Interactions,
+    LexicalIndex,
+)
 from profiler.storage import atomic_path, read_json, save_npy, write_json
 from profiler.vectors import FaissIndex, VectorIndex, load_index
 
@@ -50,22 +65,27 @@ __all__ = ["FORMAT_VERSION", "Results", "Workspace", "item_document"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: two-stage recommender state (interactions, lexical/, models/ranker)
 
 
 class Results(NamedTuple):
-    """Ranked items, best first."""
+    """Ranked items, best first; ``reasons`` (recommendations only) explain each one:
+    ``{"channels": [...], "features": [{"feature", "contribution"}, ...], "closest": ...}``."""
 
     ids: list[str]
     scores: np.ndarray
     titles: list[str]
+    reasons: list[dict] | None = None
 
     def records(self) -> list[dict]:
-        """``[{"item_id", "score", "title"}, ...]`` for JSON output."""
-        return [
+        """``[{"item_id", "score", "title"[, "reasons"]}, ...]`` for JSON output."""
+        out = [
             {"item_id": i, "score": round(float(s), 6), "title": t}
             for i, s, t in zip(self.ids, self.scores, self.titles)
         ]
+        for record, reason in zip(out, self.reasons or ()):
+            record["reasons"] = reason
+        return out
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"item_id": self.ids, "score": self.scores, "title": self.titles})
@@ -127,9 +147,8 @@ class Workspace:
         item_index: VectorIndex,
         event_vectors: np.ndarray,
         embedder: Embedder,
-        profiles: dict[str, UserProfile] | None = None,
+        model: TwoStageRecommender | None = None,
         profile_config: ProfileConfig | None = None,
-        user_index: VectorIndex | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -137,8 +156,7 @@ class Workspace:
         self.item_index = item_index
         self.embedder = embedder
         self.profile_config = profile_config or ProfileConfig()
-        self.profiles = profiles if profiles is not None else {}
-        self.user_index = user_index
+        self._model = model
         self._tag_model = None
         self._tag_level: str | int | None = None
         self._overrides = None
@@ -266,7 +284,7 @@ class Workspace:
         if user is not None:
             events = self.user_events(user)
             builder = ProfileBuilder(self.profile_config)
-            evidence = event_evidence(builder, events, self.corpus())
+            evidence = event_evidence(builder, events, self.item_index, self.event_vectors)
             weights = evidence.weights * builder.decay(
                 evidence.timestamps.max() - evidence.timestamps
             )
@@ -317,7 +335,8 @@ class Workspace:
         self._user_rows = events.groupby("user_id", sort=False).indices
         self._text_rows = dict(zip(events["text"], events["text_row"]))
         self._corpus: Corpus | None = None
-        self._recommender: ProfileRecommender | None = None
+        if self._model is not None:
+            self._model.text_vectors_ = event_vectors
 
     # -- construction -------------------------------------------------------------------
 
@@ -437,16 +456,30 @@ class Workspace:
                 },
             }
             ws = cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
-            ws._rebuild_profiles()
+            corpus = ws._corpus_with(item_vectors)
+            logger.info("fitting the recommender: channels, profiles, ranker")
+            with _one_blas_thread():
+                ws._model = TwoStageRecommender(ws.profile_config).fit(corpus, item_index=index)
+            ws._model.item_text_ = ws._item_text
+            report = ws._model.report_
+            manifest["recommender"] = {
+                "scorer": ws._model.scorer_.kind,
+                "why": report.get("why"),
+                "candidate_recall": report.get("candidate_recall"),
+            }
             _write_parquet(path / "items.parquet", items.frame)
             index.save(path, "items")
+            ws._model.lexical_.save(path / "lexical")
+            save_scorer(ws._model.scorer_, path / "models", report)
+            write_json(path / "models" / "recommender.json", ws._model.describe())
             ws._save_state()
             logger.info(
-                "built %s: %d items, %d events, %d users",
+                "built %s: %d items, %d events, %d users; ranker: %s",
                 path,
                 len(items.frame),
                 len(event_frame),
                 manifest["counts"]["users"],
+                manifest["recommender"]["why"],
             )
         return ws
 
@@ -517,14 +550,25 @@ class Workspace:
         items = pd.read_parquet(path / "items.parquet")
         events = pd.read_parquet(path / "events.parquet")
         event_vectors = np.load(path / "event_vectors.npy", allow_pickle=False)
-        profiles, config, user_index = {}, None, None
-        if (path / "profiles.json").is_file():
-            profiles, config = load_profiles(path)
-            user_index = load_index(path, "users", model_id=built_with, dim=dim, mmap=mmap)
-        return cls(
-            path, manifest, items, events, index, event_vectors, embedder,
-            profiles, config, user_index,
-        )  # fmt: skip
+        profiles, config = load_profiles(path, mmap=mmap)
+        user_index = load_index(path, "users", model_id=built_with, dim=dim, mmap=mmap)
+        described = read_json(path / "models" / "recommender.json")
+        scorer, report = load_scorer(path / "models")
+        ws = cls(path, manifest, items, events, index, event_vectors, embedder, None, config)
+        ws._model = TwoStageRecommender.assemble(
+            config=config,
+            channels=ChannelConfig.from_dict(described["channels"]),
+            ranker=RankerConfig.from_dict(described["ranker"]),
+            catalogue=_catalogue(items),
+            item_index=index,
+            lexical=LexicalIndex.load(path / "lexical", mmap=mmap),
+            text_vectors=event_vectors,
+            item_text=ws._item_text,
+            scorer=scorer,
+            report=report,
+            state=State(profiles, user_index, Interactions.load(path)),
+        )
+        return ws
 
     # -- queries ------------------------------------------------------------------------
 
@@ -534,19 +578,39 @@ class Workspace:
         return list(self._user_rows)
 
     def corpus(self) -> Corpus:
-        """The catalogue, its vectors and all events, for recommenders and evaluation."""
-        if self._corpus is not None:
-            return self._corpus
-        ids = self.items["item_id"].tolist()
-        self._corpus = Corpus(
-            item_ids=ids,
-            item_vectors=self.item_index.get(ids),
-            item_texts=[item_document(row) for row in self.items.to_dict(orient="records")],
-            item_categories=self.items["category"].fillna("").tolist(),
+        """The catalogue, its vectors and all events, for evaluation (reads every item
+        vector: serving never calls it)."""
+        if self._corpus is None:
+            self._corpus = self._corpus_with(self.item_index.get(self.items["item_id"].tolist()))
+        return self._corpus
+
+    def _corpus_with(self, item_vectors: np.ndarray) -> Corpus:
+        items = self.items
+        return Corpus(
+            item_ids=items["item_id"].tolist(),
+            item_vectors=item_vectors,
+            item_texts=[item_document(row) for row in items.to_dict(orient="records")],
+            item_categories=items["category"].fillna("").tolist(),
             events=self.events,
             text_vectors=self.event_vectors,
+            item_brands=items["brand"].fillna("").tolist(),
+            item_prices=items["price"].tolist(),
+            item_titles=items["title"].tolist(),
         )
-        return self._corpus
+
+    def _item_text(self, position: int) -> str:
+        """The text that represents the item at a catalogue position."""
+        return item_document(self.items.iloc[position])
+
+    @property
+    def profiles(self) -> ProfileStore:
+        """Every user's stored profile, ``{user_id: UserProfile}``."""
+        return self.recommender.state_.profiles
+
+    @property
+    def user_index(self) -> VectorIndex:
+        """Profile vectors by user id (nearest users)."""
+        return self.recommender.state_.user_index
 
     def title(self, item_id: str) -> str:
         return self._titles[item_id]
@@ -574,21 +638,11 @@ class Workspace:
         return self.events.iloc[rows]
 
     @property
-    def recommender(self) -> ProfileRecommender:
-        """The profiler's recommender over this workspace (fitted on first use).
-
-        Blend weights come from ``models/recommender.json`` when ``profiler evaluate`` has
-        tuned them for this workspace, else from :class:`~profiler.coldstart.BlendParams`.
-        """
-        if self._recommender is None:
-            params = None
-            tuned = self.path / "models" / "recommender.json"
-            if tuned.is_file():
-                params = BlendParams(**read_json(tuned)["params"])
-            self._recommender = ProfileRecommender(self.profile_config, params).fit(
-                self.corpus(), profiles=self.profiles or None
-            )
-        return self._recommender
+    def recommender(self) -> TwoStageRecommender:
+        """The two-stage recommender that ``build`` trained (:mod:`profiler.ranking`)."""
+        if self._model is None:
+            raise ValueError(f"{self.path}: no recommender; rebuild the workspace")
+        return self._model
 
     def recommend(
         self,
@@ -601,9 +655,11 @@ class Workspace:
     ) -> Results:
         """Items for a known user, or for an anonymous shopper described by texts.
 
-        Scores blend the shopper's profile, her nearest users and popularity, shrinking
-        toward her own evidence as it grows (see :mod:`profiler.coldstart`). Items she
-        already interacted with are never recommended.
+        Candidate channels propose items through the item, user and lexical indexes and
+        the interaction counts; the ranker that ``build`` trained on this workspace's
+        histories orders them (see :mod:`profiler.retrieval`, :mod:`profiler.ranking`).
+        A known user is served from her stored profile. Items she already interacted
+        with are never recommended; every item comes with its reasons.
 
         Parameters
         ----------
@@ -623,6 +679,8 @@ class Workspace:
             raise ValueError("pass exactly one of user= or history=")
         if not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must be in [0, 1], got {diversity}")
         removed_tags: list[str] = []
         if user is not None:
             query = Query(user, self.user_events(user))
@@ -640,28 +698,73 @@ class Workspace:
             query = Query(
                 None, self.events.iloc[:0], tuple(texts), self.embedder.encode(texts, store=False)
             )
-        recommender = self.recommender
-        corpus = self.corpus()
-        with _one_blas_thread():
-            scores = np.asarray(recommender.score(query), dtype=np.float64).copy()
-        scores[corpus.positions(query.seen)] = -np.inf
-        if removed_tags:
-            from profiler.tags.taxonomy import category_tag
-
-            dropped, level = set(removed_tags), self.tag_level
-            scores[[category_tag(c, level) in dropped for c in corpus.item_categories]] = -np.inf
+        model = self.recommender
+        catalogue = model.catalogue_
+        allowed = None
         if categories:
             prefixes = tuple(categories)
-            allowed = np.array([c.startswith(prefixes) for c in corpus.item_categories])
+            names = np.array([n.startswith(prefixes) for n in catalogue.category_names] + [False])
+            allowed = names[catalogue.categories]  # code -1 reads the final False
             if not allowed.any():
                 raise ValueError(f"no item has a category starting with {list(prefixes)}")
-            scores[~allowed] = -np.inf
-        positions = mmr(scores, corpus.item_vectors, k, diversity)
+        with _one_blas_thread():
+            shopper = model.shopper(query, stored=user is not None)
+            extra = None
+            if allowed is not None and np.any(shopper.profile.vector):
+                # a filter may leave few candidates: a wider dense search, kept to the filter
+                found = self.item_index.search(shopper.profile.vector, max(200, 20 * k))
+                hits = catalogue.positions_of([i for i in found.ids[0] if i is not None])
+                extra = hits[allowed[hits]]
+            ranked = model.rank(shopper, extra=extra)
+            keep = np.ones(len(ranked.positions), dtype=bool)
+            if allowed is not None:
+                keep &= allowed[ranked.positions]
+            if removed_tags:
+                from profiler.tags.taxonomy import category_tag
+
+                dropped, level = set(removed_tags), self.tag_level
+                names = catalogue.category_names
+                codes = catalogue.categories[ranked.positions]
+                keep &= np.array(
+                    [category_tag(names[c] if c >= 0 else "", level) not in dropped for c in codes],
+                    dtype=bool,
+                )
+            rows = np.flatnonzero(keep)
+            if diversity > 0 and len(rows):
+                order = mmr(ranked.scores[rows], ranked.candidates.vectors[rows], k, diversity)
+                rows = rows[order]
+            rows = rows[:k]
+            contributions = model.explain_rows(ranked, rows)
+        ids = [catalogue.item_ids[p] for p in ranked.positions[rows]]
+        reasons = [
+            self._reasons(shopper, ranked, row, contributions[n]) for n, row in enumerate(rows)
+        ]
         return Results(
-            [corpus.item_ids[p] for p in positions],
-            scores[positions].astype(np.float32),
-            [self._titles[corpus.item_ids[p]] for p in positions],
+            ids,
+            ranked.scores[rows].astype(np.float32),
+            [self._titles[i] for i in ids],
+            reasons,
         )
+
+    def _reasons(self, shopper, ranked, row: int, contributions: np.ndarray) -> dict:
+        """Channels that proposed the item, the features that moved it most and the
+        shopper's event it is closest to."""
+        channels = [c for c, hit in zip(CHANNELS, ranked.candidates.channels[row]) if hit]
+        top = np.argsort(-np.abs(contributions))[:3]
+        features = [
+            {"feature": FEATURES[f], "contribution": round(float(contributions[f]), 4)}
+            for f in top
+            if abs(contributions[f]) > 0
+        ]
+        closest = None
+        at = int(ranked.candidates.closest[row])
+        if at >= 0:
+            label = shopper.evidence_labels[at]
+            if label in self._titles:
+                closest = {"item_id": label, "title": self._titles[label]}
+            else:
+                closest = {"text": label}
+        return {"channels": channels, "features": features, "closest": closest}
 
     def similar_users(self, user: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` users whose profile vectors are closest to ``user``'s."""
@@ -669,7 +772,7 @@ class Workspace:
             raise KeyError(f"unknown user {user!r}")
         if self.user_index is None or user not in self.user_index:
             return []
-        hits = self.user_index.search(self.profiles[user].vector, k, exclude={user})
+        hits = self.user_index.search(self.profiles[user].vector[None, :], k, exclude={user})
         return [(u, float(s)) for u, s in zip(hits.ids[0], hits.scores[0]) if u is not None]
 
     # -- incremental updates ------------------------------------------------------------
@@ -708,17 +811,28 @@ class Workspace:
             old_rows = self._user_rows
             events = pd.concat([self.events, new], ignore_index=True)
             self._set_events(events, vectors)
-            builder = ProfileBuilder(self.profile_config)
-            corpus = self.corpus()
-            for user, user_new in new.groupby("user_id", sort=False):
-                new_evidence = event_evidence(builder, user_new, corpus)
-                if user in self.profiles and user in old_rows:
-                    history = event_evidence(builder, events.iloc[old_rows[user]], corpus)
-                    profile = builder.update(self.profiles[user], new_evidence, history=history)
+            model = self.recommender
+            builder = model.builder_
+            profiles = model.state_.profiles
+            new_evidence = event_evidence(builder, new, self.item_index, vectors)
+            for user, rows in new.groupby("user_id", sort=False).indices.items():
+                user_new = type(new_evidence)(*(a[rows] for a in new_evidence))
+                if user in profiles and user in old_rows:
+                    history = event_evidence(
+                        builder, events.iloc[old_rows[user]], self.item_index, vectors
+                    )
+                    profile = builder.update(profiles[user], user_new, history=history)
                 else:
-                    profile = builder.build(user, new_evidence)
-                self.profiles[user] = profile
+                    profile = builder.build(user, user_new)
+                profiles[user] = profile
                 self._index_user(profile)
+            position = model.catalogue_.position
+            model.state_.interactions.add(
+                new["user_id"].to_numpy(),
+                np.array([position.get(i, -1) for i in new["item_id"]], dtype=np.int64),
+                new["timestamp"].to_numpy(dtype=np.float64),
+                new_evidence.weights > 0,
+            )
             self._save_state()
             logger.info("added %d events for %d users", len(new), new["user_id"].nunique())
             return len(new)
@@ -737,21 +851,9 @@ class Workspace:
         if self.add_events(pd.DataFrame([event])) != 1:
             raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
 
-    def _rebuild_profiles(self) -> None:
-        builder = ProfileBuilder(self.profile_config)
-        corpus = self.corpus()
-        self.profiles = {
-            user: builder.build(user, event_evidence(builder, self.events.iloc[rows], corpus))
-            for user, rows in self._user_rows.items()
-        }
-        dim = corpus.item_vectors.shape[1]
-        self.user_index = FaissIndex(dim, model_id=self.embedder.model_id)
-        for profile in self.profiles.values():
-            self._index_user(profile)
-
-    def _index_user(self, profile: UserProfile) -> None:
+    def _index_user(self, profile) -> None:
         vector = profile.vector
-        if self.user_index is None or not np.any(vector):
+        if not np.any(vector):
             return  # only negative evidence so far: nothing to be similar on
         self.user_index.upsert([profile.user_id], vector[None, :])
 
@@ -759,9 +861,10 @@ class Workspace:
         """Persist events, event vectors, profiles, user index; the manifest last."""
         _write_parquet(self.path / "events.parquet", self.events)
         save_npy(self.path / "event_vectors.npy", self.event_vectors)
-        save_profiles(self.path, self.profiles, self.profile_config)
-        if self.user_index is not None:
-            self.user_index.save(self.path, "users")
+        state = self.recommender.state_
+        state.profiles.save(self.path, self.profile_config)
+        state.user_index.save(self.path, "users")
+        state.interactions.save(self.path)
         self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.manifest["counts"].update(
             events=len(self.events), users=len(self._user_rows), profiles=len(self.profiles)
@@ -818,6 +921,15 @@ def _model_source(manifest: dict) -> str | None:
     if model_id.startswith("sentence-transformers/all-MiniLM-L6-v2@"):
         return None
     return manifest["model"].get("path")
+
+
+def _catalogue(items: pd.DataFrame) -> Catalogue:
+    return Catalogue.from_columns(
+        items["item_id"].tolist(),
+        items["category"].fillna("").tolist(),
+        items["brand"].fillna("").tolist(),
+        items["price"].tolist(),
+    )
 
 
 def _write_parquet(path: Path, frame: pd.DataFrame) -> None:

@@ -21,6 +21,7 @@ import threadpoolctl
 from profiler import metrics
 from profiler.baselines import Popularity
 from profiler.coldstart import ProfileRecommender
+from profiler.ranking import TwoStageRecommender
 from profiler.evaluate import (
     BUCKETS,
     METRICS,
@@ -243,23 +244,23 @@ class TestTextSplit:
 class Report(NamedTuple):
     split: Split
     rows: list[Row]
-    fitted_on: list[pd.DataFrame]  # training events of every profiler fit, in order
+    fitted_on: list[pd.DataFrame]  # events of every state the profiler fitted, in order
 
 
 @pytest.fixture(scope="module")
 def report(corpus, data) -> Report:
     """Every system on leave-last-out with text-only and one-event cases, tuned; the
-    profiler's fits are recorded to check what tuning saw."""
+    profiler's fits are recorded to check what its ranker training saw."""
     split = leave_last_out(data[0], data[1], truncate=(0, 1))
     fitted_on = []
-    fit = ProfileRecommender.fit
+    fit_state = TwoStageRecommender.fit_state
 
-    def recording_fit(self, corpus, profiles=None):
-        fitted_on.append(corpus.events)
-        return fit(self, corpus, profiles)
+    def recording_fit(self, events):
+        fitted_on.append(events)
+        return fit_state(self, events)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ProfileRecommender, "fit", recording_fit)
+        patch.setattr(TwoStageRecommender, "fit_state", recording_fit)
         rows = evaluate(corpus, split, default_systems(), tune=True, truncate=(0, 1))
     return Report(split, rows, fitted_on)
 
@@ -334,9 +335,9 @@ class TestEvaluate:
     def test_tuning_never_sees_test_targets(self, report):
         split, fitted_on = report.split, report.fitted_on
         test_targets = {(c.query.user_id, t) for c in split.cases for t in c.targets}
-        assert len(fitted_on) == 6  # five validation settings, then the final fit
+        assert len(fitted_on) == 2  # the ranker's training queries, then serving state
         for events in fitted_on:
             assert not set(zip(events["user_id"], events["item_id"])) & test_targets
-        # validation fits hold out each training user's last item as well
-        assert all(len(events) < len(split.train) for events in fitted_on[:5])
-        assert len(fitted_on[5]) == len(split.train)
+        # the ranker's queries hold out each training user's last item as well
+        assert len(fitted_on[0]) < len(split.train)
+        assert len(fitted_on[1]) == len(split.train)

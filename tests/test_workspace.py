@@ -184,13 +184,13 @@ def test_one_query_scoring_runs_on_one_blas_thread(built, monkeypatch):
     from profiler import workspace
 
     seen = []
-    score = built.recommender.score
+    rank = built.recommender.rank
 
-    def spy(query):
+    def spy(shopper, **kwargs):
         seen.append([d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"])
-        return score(query)
+        return rank(shopper, **kwargs)
 
-    monkeypatch.setattr(built.recommender, "score", spy)
+    monkeypatch.setattr(built.recommender, "rank", spy)
     built.recommend(history=["red dress"], k=2)
     assert seen and all(n == 1 for n in seen[0])
     assert workspace._thread_controller() is workspace._thread_controller()
