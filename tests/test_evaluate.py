@@ -20,8 +20,6 @@ import threadpoolctl
 
 from profiler import metrics
 from profiler.baselines import Popularity
-from profiler.coldstart import ProfileRecommender
-from profiler.ranking import TwoStageRecommender
 from profiler.evaluate import (
     BUCKETS,
     METRICS,
@@ -37,6 +35,7 @@ from profiler.evaluate import (
     text_split,
     write_report,
 )
+from profiler.ranking import TwoStageRecommender
 from profiler.recommender import Corpus
 from tests.test_coldstart import (
     COLUMNS,
