@@ -88,6 +88,9 @@ DEFAULT_WEIGHTS = {
     "negative": -0.5,
 }
 
+#: Most share of a workspace's events that lone-review training queries hold out.
+LONE_SHARE = 0.25
+
 #: Values coordinate ascent tries for each blend weight.
 WEIGHT_GRID = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 
@@ -648,6 +651,12 @@ def training_queries(
     sizes = events["user_id"][chosen].value_counts()
     lone = events[chosen & events["user_id"].isin(set(sizes.index[sizes == 1])).to_numpy()]
     lone = lone[(lone["item_id"] != "") & (lone["text_row"] >= 0)]
+    # Held-out lone reviews leave the state with all their counts: keep at most a quarter
+    # of all events out, or training would see emptier counts than serving does (with
+    # every lone shopper held out, the bundled data's ranker trained on zero counts).
+    limit = int(LONE_SHARE * len(events))
+    if len(lone) > limit:
+        lone = lone.iloc[np.sort(rng.choice(len(lone), size=limit, replace=False))]
     cases = list(split.cases)
     for event in lone.itertuples(index=False):
         texts = model.text_vectors_[[int(event.text_row)]]
