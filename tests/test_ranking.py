@@ -1,0 +1,114 @@
+"""The second stage: scorers, their explanations, persistence, and training on real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler import metrics
+from profiler.data import clothing_catalog, clothing_events
+from profiler.evaluate import text_split
+from profiler.ranking import (
+    BlendScorer,
+    LightGBMScorer,
+    RankerConfig,
+    TwoStageRecommender,
+    load_scorer,
+    save_scorer,
+)
+from profiler.recommender import Corpus
+from profiler.retrieval import FEATURES
+from profiler.workspace import item_document
+
+
+def queries(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Synthetic queries in which the target is the candidate with the highest ``bm25``
+    plus ``dense`` (and noise elsewhere)."""
+    rng = np.random.default_rng(seed)
+    groups, labels = [], []
+    for _ in range(n):
+        x = rng.standard_normal((30, len(FEATURES)))
+        y = np.zeros(30)
+        y[np.argmax(x[:, FEATURES.index("bm25")] + x[:, FEATURES.index("dense")])] = 1
+        groups.append(x)
+        labels.append(y)
+    return groups, labels
+
+
+def test_blend_contributions_are_its_exact_terms():
+    groups, labels = queries(60, seed=0)
+    blend = BlendScorer().fit(groups, labels)
+    assert blend.weights["bm25"] > 0 and blend.weights["dense"] > 0
+    x = groups[0]
+    np.testing.assert_allclose(blend.contributions(x).sum(axis=1), blend.score(x))
+
+
+def test_lightgbm_learns_and_explains(tmp_path):
+    groups, labels = queries(300, seed=1)
+    valid_groups, valid_labels = queries(60, seed=2)
+    booster = LightGBMScorer(RankerConfig(n_estimators=60, min_child_samples=5)).fit(
+        groups, labels, valid_groups, valid_labels
+    )
+    hits = [np.argmax(booster.score(g)) == np.argmax(y) for g, y in zip(valid_groups, valid_labels)]
+    assert np.mean(hits) > 0.5  # chance is 1/30
+    x = valid_groups[0]
+    contributions = booster.contributions(x)
+    bias = booster.booster_.predict(x, pred_contrib=True)[:, -1]  # raw inputs: same shape
+    assert contributions.shape == x.shape
+    np.testing.assert_allclose(contributions.sum(axis=1) + bias, booster.score(x), atol=1e-6)
+    save_scorer(booster, tmp_path, {"queries": 300})
+    loaded, report = load_scorer(tmp_path)
+    assert report == {"queries": 300}
+    np.testing.assert_allclose(loaded.score(x), booster.score(x))
+
+
+def test_monotone_features_never_weigh_negatively():
+    groups, labels = queries(80, seed=3)
+    for g, y in zip(groups, labels):  # make popularity anti-correlated with the target
+        g[:, FEATURES.index("popularity")] = -y + 0.01 * np.arange(len(y))
+    blend = BlendScorer().fit(groups, labels)
+    assert blend.weights.get("popularity", 0.0) >= 0.0
+
+
+def test_bad_ranker_config_is_refused():
+    with pytest.raises(ValueError, match="scorer"):
+        RankerConfig(scorer="magic")
+
+
+@pytest.fixture(scope="module")
+def bundled_corpus(embedder) -> Corpus:
+    """The real bundled shoppers (5,000, one review each) and items, embedded with the
+    bundled model (about a minute: fewer shoppers leave too few training queries)."""
+    items = pd.read_parquet(clothing_catalog())
+    events = pd.read_parquet(clothing_events())
+    events = events[events["item_id"].isin(items["item_id"])].reset_index(drop=True)
+    texts = pd.unique(events["text"])
+    events["text_row"] = events["text"].map({t: r for r, t in enumerate(texts)})
+    events["rating"] = events["rating"].astype(float)
+    documents = [item_document(r) for r in items.to_dict(orient="records")]
+    return Corpus(
+        item_ids=items["item_id"].tolist(),
+        item_vectors=embedder.encode(documents),
+        item_texts=documents,
+        item_categories=items["category"].fillna("").tolist(),
+        events=events,
+        text_vectors=embedder.encode(list(texts)),
+    )
+
+
+def test_trained_ranker_beats_the_fixed_blend_on_held_out_bundled_shoppers(bundled_corpus):
+    split = text_split(bundled_corpus.events, bundled_corpus.text_vectors, seed=0)
+    model = TwoStageRecommender().fit(bundled_corpus.with_events(split.train))
+    assert model.report_["queries_with_target"] >= 100
+    trained = model.scorer_
+
+    def ndcg(scorer) -> float:
+        model.scorer_ = scorer
+        ranked = [model.recommend(c.query, k=10) for c in split.cases]
+        return float(
+            np.mean([metrics.ndcg_at_k(r, c.targets, 10) for r, c in zip(ranked, split.cases)])
+        )
+
+    learned, fixed = ndcg(trained), ndcg(BlendScorer())
+    assert learned > fixed + 0.02, (learned, fixed)
