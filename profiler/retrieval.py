@@ -72,9 +72,12 @@ FEATURES = (
     "negative",  # max(0, negative vector . item): like what she disliked
     "bm25",  # BM25 of her texts and her items' texts, joined, against the item's text
     "bm25_share",  # bm25 / her best bm25 among candidates
-    "bm25_mean",  # mean over her pieces of evidence of BM25(piece) / best BM25(piece)
+    "bm25_items",  # BM25 of her items' texts alone
+    "bm25_texts",  # BM25 of her own texts (reviews, searches) alone
     "mean_embedding",  # mean of her item and text vectors (unweighted) . item
     "evidence_max",  # best cosine to any one piece of her evidence
+    "item_max",  # best cosine to one of her items' vectors
+    "text_mean",  # mean of her texts' vectors . item
     "category",  # share of her positive evidence in the item's category
     "category_dense",  # share of her dense neighbourhood in the item's category
     "brand",  # share of her positive evidence with the item's brand
@@ -385,6 +388,7 @@ class Shopper:
     evidence: np.ndarray
     evidence_labels: tuple[str, ...]
     seen: frozenset[str]
+    text_vectors: np.ndarray | None = None  # her texts' own vectors (reviews, searches)
 
     @property
     def n_evidence(self) -> int:
@@ -464,16 +468,13 @@ class CandidateGenerator:
                 [self._positions(ids, scores)[0] for ids, scores in zip(found.ids, found.scores)]
             )
 
-        bm25 = bm25_mean = None
+        bm25 = bm25_items = bm25_texts = None
         if self.lexical is not None:
-            pieces = [*shopper.texts, *(self.item_text(int(p)) for p in shopper.items)]
-            per_piece = [self.lexical.scores([piece]) for piece in pieces]
-            bm25 = np.sum(per_piece, axis=0) if per_piece else self.lexical.scores([])
-            bm25_mean = np.mean(
-                [s / s.max() if s.max() > 0 else s for s in per_piece] or [bm25], axis=0
-            )
+            bm25_texts = self.lexical.scores(list(shopper.texts))
+            bm25_items = self.lexical.scores([self.item_text(int(p)) for p in shopper.items])
+            bm25 = bm25_texts + bm25_items
             if bm25.any():
-                proposed["lexical"] = _top(bm25_mean, cfg.lexical)
+                proposed["lexical"] = _top(bm25, cfg.lexical)
 
         votes = np.zeros(0)
         voted = np.empty(0, np.int64)
@@ -548,12 +549,20 @@ class CandidateGenerator:
             column["bm25"][:] = bm25[union]
             top = float(column["bm25"].max(initial=0.0))
             column["bm25_share"][:] = column["bm25"] / top if top > 0 else 0.0
-            column["bm25_mean"][:] = bm25_mean[union]
+            column["bm25_items"][:] = bm25_items[union]
+            column["bm25_texts"][:] = bm25_texts[union]
         if shopper.n_evidence and len(union):
             mean = shopper.evidence.astype(np.float64).mean(axis=0)
             mean /= max(float(np.linalg.norm(mean)), 1e-12)
             column["mean_embedding"][:] = vectors @ mean.astype(np.float32)
             column["evidence_max"][:] = (vectors @ shopper.evidence.T).max(axis=1)
+        if len(shopper.items) and len(union):
+            mine = self.item_index.get([cat.item_ids[p] for p in shopper.items])
+            column["item_max"][:] = (vectors @ mine.T).max(axis=1)
+        if shopper.text_vectors is not None and len(shopper.text_vectors) and len(union):
+            mean = shopper.text_vectors.astype(np.float64).mean(axis=0)
+            mean /= max(float(np.linalg.norm(mean)), 1e-12)
+            column["text_mean"][:] = vectors @ mean.astype(np.float32)
         column["category"][:] = _lookup(category_share, cat.categories[union])
         column["category_dense"][:] = _lookup(dense_share, cat.categories[union])
         column["brand"][:] = _lookup(brand_share, cat.brands[union])
