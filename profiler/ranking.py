@@ -258,12 +258,8 @@ class LightGBMScorer:
         stopping = {}
         if valid_groups:
             stopping = {
-                "eval_set": [
-                    (
-                        np.concatenate([_ranker_inputs(g) for g in valid_groups]),
-                        np.concatenate(valid_labels),
-                    )
-                ],
+                "eval_X": (np.concatenate([_ranker_inputs(g) for g in valid_groups]),),
+                "eval_y": (np.concatenate(valid_labels),),
                 "eval_group": [[len(g) for g in valid_groups]],
                 "eval_at": [10],
                 "callbacks": [lightgbm.early_stopping(cfg.early_stopping, verbose=False)],

@@ -469,12 +469,18 @@ class CandidateGenerator:
             )
 
         bm25 = bm25_items = bm25_texts = None
-        if self.lexical is not None:
-            bm25_texts = self.lexical.scores(list(shopper.texts))
-            bm25_items = self.lexical.scores([self.item_text(int(p)) for p in shopper.items])
+        if self.lexical is not None and (shopper.texts or len(shopper.items)):
+            zeros = None
+            if shopper.texts:
+                bm25_texts = self.lexical.scores(list(shopper.texts))
+            if len(shopper.items):
+                bm25_items = self.lexical.scores([self.item_text(int(p)) for p in shopper.items])
+            if bm25_texts is None or bm25_items is None:
+                zeros = np.zeros(self.lexical.n_items_, np.float32)
+            bm25_texts = zeros if bm25_texts is None else bm25_texts
+            bm25_items = zeros if bm25_items is None else bm25_items
             bm25 = bm25_texts + bm25_items
-            if bm25.any():
-                proposed["lexical"] = _top(bm25, cfg.lexical)
+            proposed["lexical"] = _top(bm25, cfg.lexical)
 
         votes = np.zeros(0)
         voted = np.empty(0, np.int64)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,26 @@ from profiler.embedding import Embedder
 TINY_CLASSES = ("Jeans", "Swim", "Dresses", "Sweaters", "Outerwear", "Skirts", "Blouses", "Sleep")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Iterator[Path]:
+    """The per-machine cache (bfloat16 probe, ONNX exports) in a temporary folder, so
+    tests never write to the home directory."""
+    root = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("INTEREST_PROFILER_CACHE")
+    os.environ["INTEREST_PROFILER_CACHE"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("INTEREST_PROFILER_CACHE", None)
+    else:
+        os.environ["INTEREST_PROFILER_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     """The bundled all-MiniLM-L6-v2 in torch float32, loaded once per session (no cache).
 
-    Float32, not the machine's default (bfloat16 on CPUs with AMX): its vectors do not
-    depend on batch composition, so tests can compare to 1e-5 on any CPU. The default
+    Float32, not the machine's default (bfloat16 where a probe shows it faster): its
+    vectors do not depend on batch composition, so tests compare to 1e-5 on any CPU. The default
     path has its own agreement tests in ``test_embedding.py`` and ``test_jobs.py``.
     """
     model = Embedder(device="cpu", backend="torch", dtype="float32", show_progress_bar=False)

@@ -35,7 +35,7 @@ from profiler.evaluate import (
     text_split,
     write_report,
 )
-from profiler.ranking import TwoStageRecommender
+from profiler.ranking import RankerConfig, TwoStageRecommender
 from profiler.recommender import Corpus
 from tests.test_coldstart import (
     COLUMNS,
@@ -334,9 +334,11 @@ class TestEvaluate:
     def test_tuning_never_sees_test_targets(self, report):
         split, fitted_on = report.split, report.fitted_on
         test_targets = {(c.query.user_id, t) for c in split.cases for t in c.targets}
-        assert len(fitted_on) == 2  # the ranker's training queries, then serving state
+        # one state per round of the ranker's training queries, then the serving state
+        assert 2 <= len(fitted_on) <= 1 + RankerConfig().rounds
         for events in fitted_on:
             assert not set(zip(events["user_id"], events["item_id"])) & test_targets
-        # the ranker's queries hold out each training user's last item as well
-        assert len(fitted_on[0]) < len(split.train)
-        assert len(fitted_on[1]) == len(split.train)
+        # each round holds out one more item per training user
+        sizes = [len(events) for events in fitted_on[:-1]]
+        assert sizes == sorted(sizes, reverse=True) and sizes[0] < len(split.train)
+        assert len(fitted_on[-1]) == len(split.train)
