@@ -83,6 +83,7 @@ FEATURES = (
     "brand",  # share of her positive evidence with the item's brand
     "votes",  # similarity-weighted share of her neighbours who liked the item
     "cooccurrence",  # log(1 + co-occurrence count with her items)
+    "cooccurrence_cosine",  # sum over her items of count / sqrt(likers(i) * likers(j))
     "popularity",  # log(1 + events on the item), scaled to [0, 1]
     "trend",  # log(1 + recency-weighted events), scaled to [0, 1]
     "price_gap",  # |log(1 + price) - her mean log(1 + price)|; NaN when unknown
@@ -216,6 +217,7 @@ class Interactions:
     def _refresh(self) -> None:
         """Derived arrays every query reads: scaled counts and a trending cache."""
         self.popularity_ = self.scaled(self.counts_)
+        self.likers_ = np.asarray(self.positives_.sum(axis=0), dtype=np.float64).ravel()
         self.trend_scaled_ = self.scaled(self.trend_)
         self._trending: dict[tuple[int, int], np.ndarray] = {}
 
@@ -501,15 +503,22 @@ class CandidateGenerator:
                     voted, votes = row.indices.astype(np.int64), row.data.astype(np.float64)
                     proposed["neighbours"] = voted[_top(votes, cfg.neighbour_items)]
 
-        liked = shopper.items[shopper.item_weights > 0]
+        liked = np.unique(shopper.items[shopper.item_weights > 0])
         cooc_positions, cooc_counts = np.empty(0, np.int64), np.zeros(0)
+        cooc_cosine = np.zeros(0)
         if len(liked):
-            row = (
-                sparse.csr_matrix(np.ones((1, len(liked)))) @ self.interactions.cooccurrence_[liked]
-            )
+            counts = self.interactions.cooccurrence_[liked]
+            likers = self.interactions.likers_
+            ones = sparse.csr_matrix(np.ones((1, len(liked))))
+            scaled = sparse.csr_matrix(1.0 / np.sqrt(np.maximum(likers[liked], 1.0))[None, :])
+            row = ones @ counts
             cooc_positions, cooc_counts = row.indices.astype(np.int64), row.data.astype(np.float64)
             if len(cooc_positions):
-                proposed["cooccurrence"] = cooc_positions[_top(cooc_counts, cfg.cooccurrence)]
+                weighted = scaled @ counts  # same support as row, possibly other order
+                cosine = _sparse_lookup(weighted.indices, weighted.data, cooc_positions)
+                cooc_cosine = cosine / np.sqrt(np.maximum(likers[cooc_positions], 1.0))
+                # normalised counts propose: raw ones would mostly repeat the popular items
+                proposed["cooccurrence"] = cooc_positions[_top(cooc_cosine, cfg.cooccurrence)]
 
         category_share = _shares(cat.categories, shopper.items, shopper.item_weights)
         brand_share = _shares(cat.brands, shopper.items, shopper.item_weights)
@@ -574,6 +583,7 @@ class CandidateGenerator:
         column["brand"][:] = _lookup(brand_share, cat.brands[union])
         column["votes"][:] = _sparse_lookup(voted, votes, union)
         column["cooccurrence"][:] = np.log1p(_sparse_lookup(cooc_positions, cooc_counts, union))
+        column["cooccurrence_cosine"][:] = _sparse_lookup(cooc_positions, cooc_cosine, union)
         column["popularity"][:] = self.interactions.popularity_[union]
         column["trend"][:] = self.interactions.trend_scaled_[union]
         prices = cat.log_prices[shopper.items]
