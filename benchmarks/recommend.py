@@ -25,15 +25,23 @@ SCALE MODE (``--items N``). Generates a synthetic shop, builds a workspace from 
   Zipf-like from the whole vocabulary; ``--categories`` categories ``Cat{n % C}``, one
   brand in ``N / 200``, log-normal prices;
 * item vectors (float32, 384-d, seeded, unit length), written in chunks to a Parquet file
-  (``item_id``, ``fixed_size_list<float32>[384]``) passed as ``--item-vectors``.
-  ``--vectors words`` (default): the normalised sum of the bundled model's embeddings of
-  the title's words plus isotropic Gaussian noise (``--noise``, relative to the unit
-  anchor), so items sharing words are neighbours and an embedded title query lands near
-  items with its words. ``--vectors random``: isotropic random unit vectors. Why the
-  default is not isotropic: random 384-d vectors have no neighbourhood structure, so an
-  IVF index (``FaissIndex`` picks one above 150k vectors) needs ``nprobe`` near its list
-  count to reach its recall target, which measures the generator, not the library
-  (``benchmarks/search.py`` documents the same effect);
+  (``item_id``, ``fixed_size_list<float32>[384]``) passed as ``--item-vectors``:
+
+  - ``--vectors words`` (default): the normalised sum of the bundled model's vectors of
+    the title's words plus isotropic Gaussian noise of norm ``--noise`` (0.5), so items
+    sharing words are neighbours and an embedded title lands near items with its words;
+  - ``--vectors anchored``: ``benchmarks/search.py``'s generator (a random bundled text's
+    real vector plus noise with their covariance, ``--noise`` 1.0), unrelated to titles;
+  - ``--vectors random``: isotropic random unit vectors.
+
+  The kind decides how many IVF lists a search must scan (``FaissIndex`` builds IVF from
+  150k vectors and tunes ``nprobe`` to recall@10 0.97), and so the dense channels' cost.
+  Measured at 300k vectors (IVF2048; mean cosine of the 1st / 10th neighbour among
+  6,250, real bundled embeddings 0.736 / 0.659): ``words`` 0.664 / 0.622 and
+  ``nprobe`` 444 (the neighbours are as close as real ones but nearly tied, whatever the
+  noise: 0.25, or noise with the words' covariance, gave 408-438); ``anchored`` 1.0
+  0.598 / 0.504 and ``nprobe`` 102; ``anchored`` 0.5 0.775 / 0.608 and ``nprobe`` 2.
+  ``random`` has no neighbourhood structure at all: the worst case, not a catalogue;
 * events: 3 ``purchase`` events per shopper ``u{n}``, no texts, spread uniformly over 2024;
   each shopper has a home category, and each purchase is from it with probability 0.6
   (Zipf-like within it) or else from the whole catalogue (Zipf-like over a random
@@ -42,10 +50,16 @@ SCALE MODE (``--items N``). Generates a synthetic shop, builds a workspace from 
 Inputs go to ``index/bench-{N}x{U}-inputs/`` (reused when their settings match) and the
 workspace is built fresh in ``index/bench-{N}x{U}``; the build's wall time is the target
 (<= 15 min on 2 cores), and its INFO log lines are kept with their times, so the table
-shows where the build's time goes. Then a serving process (this script again, with an
-internal flag) opens the workspace with ``mmap=True``, loads the model and warms up (not
-timed), and times, one call at a time on one thread (torch, BLAS through threadpoolctl,
-FAISS/OpenMP and the ``*_NUM_THREADS`` variables all at 1):
+shows where the build's time goes. The build runs with the process's thread settings;
+``OMP_NUM_THREADS=1`` (FAISS's OpenMP) changes it a lot on 2 cores: measured at 50k x 15k,
+568 s with the default 2 threads and 177 s with 1, because the ranker's training queries
+are single-query FAISS searches (a 50k ``Flat`` search: 26 ms on 2 OpenMP threads, 2.8 ms
+on 1).
+
+Then a serving process (this script again, with an internal flag) opens the workspace
+with ``mmap=True``, loads the model and warms up (not timed), and times, one call at a
+time on one thread (torch, BLAS through threadpoolctl, FAISS/OpenMP and the
+``*_NUM_THREADS`` variables all at 1):
 
 * ``user``: ``ws.recommend(user_id, k)`` for ``--n`` distinct random known users (target
   p99 <= 20 ms);
@@ -118,6 +132,8 @@ ZIPF = 0.9
 #: Share of a shopper's purchases made in her home category.
 HOME_SHARE = 0.6
 EVENTS_PER_USER = 3
+#: ``--vectors`` kinds and their default ``--noise`` (module docs).
+NOISE = {"words": 0.5, "anchored": 1.0, "random": None}
 DIM = 384
 CHUNK = 100_000
 YEAR_START = pd.Timestamp("2024-01-01", tz="UTC").timestamp()
@@ -352,11 +368,8 @@ def synthetic_events(
 def write_vectors(
     path: Path,
     item_ids: Sequence[str],
-    rng: np.random.Generator,
-    *,
-    anchors: Callable[[int, int], np.ndarray] | None = None,
-    noise: float = 0.5,
-) -> float:
+    draw: Callable[[int, int], tuple[np.ndarray, np.ndarray | None]],
+) -> float | None:
     """Write unit float32 vectors ``[len(item_ids), DIM]`` to a Parquet file in chunks.
 
     Parameters
@@ -364,39 +377,95 @@ def write_vectors(
     path : Path
         The ``.parquet`` file (``item_id`` string, ``vector`` fixed-size list of float32).
     item_ids : list of str
-    rng : Generator
-    anchors : callable, optional
-        ``anchors(start, stop)`` gives unit anchor vectors of those rows; each vector is
-        its anchor plus isotropic Gaussian noise of norm about ``noise``, normalised.
-        Without it the vectors are isotropic random unit vectors.
-    noise : float
+    draw : callable
+        ``draw(start, stop)`` gives the unit vectors of those rows and their unit anchors
+        (``None`` for vectors drawn around no anchor); only one chunk is in memory.
 
     Returns
     -------
-    float
-        Mean cosine between a vector and its anchor (0 without anchors).
+    float or None
+        Mean cosine between a vector and its anchor (``None`` without anchors).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema([("item_id", pa.string()), ("vector", pa.list_(pa.float32(), DIM))])
-    cosine = 0.0
+    cosine = None
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for start in range(0, len(item_ids), CHUNK):
             stop = min(start + CHUNK, len(item_ids))
-            block = rng.standard_normal((stop - start, DIM), dtype=np.float32)
-            if anchors is not None:
-                anchor = anchors(start, stop)
-                block *= noise / np.sqrt(DIM)
-                block += anchor
-            block /= np.linalg.norm(block, axis=1, keepdims=True)
-            if anchors is not None:
-                cosine += float(np.einsum("ij,ij->", block, anchor))
+            block, anchor = draw(start, stop)
+            if anchor is not None:
+                cosine = (cosine or 0.0) + float(np.einsum("ij,ij->", block, anchor))
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), DIM)
             writer.write_table(
                 pa.table({"item_id": pa.array(item_ids[start:stop]), "vector": vectors}, schema)
             )
-    return cosine / len(item_ids)
+    return None if cosine is None else cosine / len(item_ids)
+
+
+def vector_source(
+    kind: str,
+    *,
+    words: Sequence[str],
+    title_words: np.ndarray,
+    lengths: np.ndarray,
+    noise: float | None,
+    rng: np.random.Generator,
+    cache_dir: Path,
+) -> Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]:
+    """``draw(start, stop)`` for :func:`write_vectors`: the ``--vectors`` kinds (module docs).
+
+    ``words``: the normalised sum of the bundled model's vectors of the title's words plus
+    isotropic Gaussian noise of norm about ``noise``. ``anchored``: ``benchmarks/search.py``'s
+    generator, a random bundled text's vector plus noise with those vectors' covariance
+    scaled by ``noise``. ``random``: isotropic random unit vectors. Word and text vectors
+    are cached in ``cache_dir``.
+    """
+    from scipy import sparse
+
+    if kind == "random":
+
+        def draw(start: int, stop: int) -> tuple[np.ndarray, None]:
+            block = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+            return block / np.linalg.norm(block, axis=1, keepdims=True), None
+
+        return draw
+    if kind == "anchored":
+        from search import AnchoredGenerator, real_vectors
+
+        real = real_vectors(cache_dir)
+        generator = AnchoredGenerator(real, noise)
+
+        def draw(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+            block, which = generator.draw(stop - start, rng)
+            return block, real[which]
+
+        return draw
+    embedder = profiler.Embedder(device="cpu", cache_dir=cache_dir, show_progress_bar=False)
+    word_vectors = embedder.encode(list(words))
+    del embedder
+    # the title's words as a sparse bag [n_items, n_words]; the topic word sits in column 4,
+    # the others in the first lengths - 1 columns
+    used = np.arange(5) < (lengths - 1)[:, None]
+    used[:, 4] = True
+    bag = sparse.csr_matrix(
+        (
+            np.ones(int(used.sum()), np.float32),
+            (np.repeat(np.arange(len(lengths)), used.sum(axis=1)), title_words[used]),
+        ),
+        shape=(len(lengths), len(words)),
+    )
+
+    def draw(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        block = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+        anchor = np.asarray(bag[start:stop] @ word_vectors, dtype=np.float32)
+        anchor /= np.linalg.norm(anchor, axis=1, keepdims=True)
+        block *= noise / np.sqrt(DIM)
+        block += anchor
+        return block / np.linalg.norm(block, axis=1, keepdims=True), anchor
+
+    return draw
 
 
 def synthetic_shop(
@@ -406,7 +475,7 @@ def synthetic_shop(
     n_users: int,
     n_categories: int,
     vectors: str,
-    noise: float,
+    noise: float | None,
     seed: int,
 ) -> ShopFiles:
     """Write (or reuse, when ``inputs.json`` records the same settings) the shop's files.
@@ -417,15 +486,13 @@ def synthetic_shop(
         ``catalog.parquet``, ``events.parquet`` and ``vectors.parquet`` in ``directory``,
         with the settings and facts (``inputs.json``, written last).
     """
-    from scipy import sparse
-
     settings = {
         "items": n_items,
         "users": n_users,
         "categories": n_categories,
         "vocabulary": VOCABULARY_SIZE,
         "vectors": vectors,
-        "noise": noise if vectors == "words" else None,
+        "noise": noise,
         "seed": seed,
         "events_per_user": EVENTS_PER_USER,
         "zipf": ZIPF,
@@ -456,35 +523,19 @@ def synthetic_shop(
     logger.info("events: %d in %.1f s", len(events), time.perf_counter() - start)
     del events
 
-    anchors = None
-    if vectors == "words":
-        embedder = profiler.Embedder(
-            device="cpu", cache_dir=directory / "embeddings", show_progress_bar=False
-        )
-        word_vectors = embedder.encode(words)
-        del embedder
-        # the title's words as a sparse bag [n_items, n_words]; the topic word sits in
-        # column 4, the others in the first lengths - 1 columns
-        used = np.arange(5) < (lengths - 1)[:, None]
-        used[:, 4] = True
-        bag = sparse.csr_matrix(
-            (
-                np.ones(int(used.sum()), np.float32),
-                (np.repeat(np.arange(n_items), used.sum(axis=1)), title_words[used]),
-            ),
-            shape=(n_items, len(words)),
-        )
-
-        def anchors(lo: int, hi: int) -> np.ndarray:
-            block = np.asarray(bag[lo:hi] @ word_vectors, dtype=np.float32)
-            return block / np.linalg.norm(block, axis=1, keepdims=True)
-
-    cosine = write_vectors(
-        files.vectors, catalogue["item_id"].tolist(), rng, anchors=anchors, noise=noise
+    draw = vector_source(
+        vectors,
+        words=words,
+        title_words=title_words,
+        lengths=lengths,
+        noise=noise,
+        rng=rng,
+        cache_dir=directory / "embeddings",
     )
+    cosine = write_vectors(files.vectors, catalogue["item_id"].tolist(), draw)
     seconds = time.perf_counter() - start
     logger.info("vectors (%s) written; shop ready in %.1f s", vectors, seconds)
-    facts = {"mean_cosine_to_anchor": cosine if vectors == "words" else None, "seconds": seconds}
+    facts = {"mean_cosine_to_anchor": cosine, "seconds": seconds}
     write_json(marker, {"settings": settings, "facts": facts})
     return files._replace(facts=facts)
 
@@ -765,7 +816,7 @@ def scale(args: argparse.Namespace) -> int:
         n_users=n_users,
         n_categories=n_categories,
         vectors=args.vectors,
-        noise=args.noise,
+        noise=NOISE[args.vectors] if args.noise is None else args.noise,
         seed=args.seed,
     )
     if args.no_build:
@@ -911,9 +962,12 @@ def main(argv: list[str] | None = None) -> int:
         "--users", type=int, default=None, help="shoppers (default 0.3 x items)"
     )
     scale_mode.add_argument("--categories", type=int, default=1000)
-    scale_mode.add_argument("--vectors", choices=("words", "random"), default="words")
+    scale_mode.add_argument("--vectors", choices=tuple(NOISE), default="words")
     scale_mode.add_argument(
-        "--noise", type=float, default=0.5, help="noise norm around the word anchor (words)"
+        "--noise",
+        type=float,
+        default=None,
+        help="noise around the anchors (default: words 0.5, anchored 1.0)",
     )
     scale_mode.add_argument("--seed", type=int, default=0)
     scale_mode.add_argument(
