@@ -122,7 +122,7 @@ class RankerConfig:
     """
 
     scorer: str = "auto"
-    max_users: int = 4000
+    max_users: int = 2000
     folds: int = 5
     min_queries: int = 100
     rounds: int = 3

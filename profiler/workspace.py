@@ -457,6 +457,10 @@ class Workspace:
             }
             ws = cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
             corpus = ws._corpus_with(item_vectors)
+            if index.needs_optimize:
+                # the ranker's training queries search this index thousands of times: give
+                # it its serving structure first (saving would build it anyway)
+                index.optimize()
             logger.info("fitting the recommender: channels, profiles, ranker")
             with _one_blas_thread():
                 ws._model = TwoStageRecommender(ws.profile_config).fit(corpus, item_index=index)
