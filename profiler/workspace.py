@@ -462,7 +462,7 @@ class Workspace:
                 # it its serving structure first (saving would build it anyway)
                 index.optimize()
             logger.info("fitting the recommender: channels, profiles, ranker")
-            with _one_blas_thread():
+            with _one_thread():
                 ws._model = TwoStageRecommender(ws.profile_config).fit(corpus, item_index=index)
             ws._model.item_text_ = ws._item_text
             report = ws._model.report_
@@ -711,7 +711,7 @@ class Workspace:
             allowed = names[catalogue.categories]  # code -1 reads the final False
             if not allowed.any():
                 raise ValueError(f"no item has a category starting with {list(prefixes)}")
-        with _one_blas_thread():
+        with _one_thread():
             shopper = model.shopper(query, stored=user is not None)
             extra = None
             if allowed is not None and np.any(shopper.profile.vector):
@@ -896,15 +896,18 @@ def _thread_controller():
 
 
 @contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Run one query's scoring on one BLAS thread.
+def _one_thread() -> Iterator[None]:
+    """Run one query's retrieval and ranking on one BLAS and one OpenMP thread.
 
-    Scoring one shopper is a few matrix-vector products. With the default threads,
-    OpenBLAS's workers stay spinning after each product and starve the transformer's
-    threads on the next query's embedding: on 2 cores that made a one-query ``recommend``
-    p50 24 ms / p99 120 ms instead of 7 / 9 ms (``benchmarks/recommend.py``).
+    Scoring one shopper is a few small products and single-query FAISS searches. With the
+    default threads, OpenBLAS's workers stay spinning after each product and starve the
+    transformer's threads on the next query's embedding (on 2 cores a one-query
+    ``recommend`` went from p50 7 / p99 9 ms to 24 / 120 ms), and one FAISS search on 2
+    OpenMP threads took 3-9x as long as on one (exact search over 1M vectors: 318 vs
+    115 ms; ``benchmarks/recommend.py`` scale mode). Query texts are embedded outside
+    this block, with the model's own threads.
     """
-    with _thread_controller().limit(limits=1, user_api="blas"):
+    with _thread_controller().limit(limits=1):
         yield
 
 

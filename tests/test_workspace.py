@@ -178,7 +178,7 @@ def test_queries_do_not_write_the_embedding_cache(built):
     assert sorted(built.path.glob("embeddings/*/part-*.npz")) == parts
 
 
-def test_one_query_scoring_runs_on_one_blas_thread(built, monkeypatch):
+def test_one_query_scoring_runs_on_one_thread(built, monkeypatch):
     from threadpoolctl import threadpool_info
 
     from profiler import workspace
@@ -187,12 +187,13 @@ def test_one_query_scoring_runs_on_one_blas_thread(built, monkeypatch):
     rank = built.recommender.rank
 
     def spy(shopper, **kwargs):
-        seen.append([d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"])
+        seen.append({(d["user_api"], d["num_threads"]) for d in threadpool_info()})
         return rank(shopper, **kwargs)
 
     monkeypatch.setattr(built.recommender, "rank", spy)
     built.recommend(history=["red dress"], k=2)
-    assert seen and all(n == 1 for n in seen[0])
+    assert seen and {api for api, _ in seen[0]} >= {"blas", "openmp"}  # FAISS runs OpenMP
+    assert all(n == 1 for _, n in seen[0])
     assert workspace._thread_controller() is workspace._thread_controller()
 
 
