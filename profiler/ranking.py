@@ -438,6 +438,9 @@ def fit_state(
     usable = np.flatnonzero(np.abs(vectors).sum(axis=1) > 0)
     if len(usable):
         user_index.add([users[i] for i in usable], vectors[usable])
+    if user_index.needs_optimize:
+        # every training query searches it: exact search over 300k users cost 38 ms each
+        user_index.optimize()
     position = catalogue.position
     items = np.array([position.get(i, -1) for i in ordered["item_id"]], dtype=np.int64)
     interactions = Interactions(len(catalogue), trend_half_life_days).fit(
