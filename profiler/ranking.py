@@ -456,12 +456,12 @@ def fit_state(
 
 
 class Ranked(NamedTuple):
-    """A shopper's ranked candidates (best first) with what explains each."""
+    """A shopper's ranked candidates (best first)."""
 
     positions: np.ndarray
     scores: np.ndarray
     candidates: Candidates  # rows in ranked order
-    contributions: np.ndarray  # [n, len(FEATURES)]
+    by_trend: bool  # no evidence at all: ranked by the trend prior, not the scorer
 
 
 class TwoStageRecommender(Recommender):
@@ -626,31 +626,27 @@ class TwoStageRecommender(Recommender):
             banned = self.catalogue_.positions_of(exclude)
             keep = ~np.isin(candidates.positions, banned)
             candidates = Candidates(*(a[keep] for a in candidates))
+        by_trend = shopper.n_evidence == 0
         if not len(candidates):
-            empty = np.empty(0)
-            return Ranked(np.empty(0, np.int64), empty, candidates, np.empty((0, len(FEATURES))))
-        scores = np.asarray(self.scorer_.score(candidates.features), dtype=np.float64)
-        if shopper.n_evidence == 0:
+            return Ranked(np.empty(0, np.int64), np.empty(0), candidates, by_trend)
+        if by_trend:
             scores = candidates.features[:, FEATURES.index("trend")].copy()
+        else:
+            scores = np.asarray(self.scorer_.score(candidates.features), dtype=np.float64)
         order = np.lexsort((candidates.positions, -scores))
         ranked = Candidates(*(a[order] for a in candidates))
-        return Ranked(ranked.positions, scores[order], ranked, np.empty((0, len(FEATURES))))
+        return Ranked(ranked.positions, scores[order], ranked, by_trend)
 
     def explain_rows(self, ranked: Ranked, rows: np.ndarray) -> np.ndarray:
         """Feature contributions ``[len(rows), len(FEATURES)]`` of ranked candidates
         (standardised over all her candidates, as when they were scored)."""
         if not len(rows):
             return np.empty((0, len(FEATURES)))
-        if ranked.scores is not None and len(ranked.positions) and self._trend_only(ranked):
+        if ranked.by_trend:
             out = np.zeros((len(rows), len(FEATURES)))
             out[:, FEATURES.index("trend")] = ranked.scores[rows]
             return out
         return self.scorer_.contributions(ranked.candidates.features)[rows]
-
-    @staticmethod
-    def _trend_only(ranked: Ranked) -> bool:
-        evidence = ranked.candidates.features[:, FEATURES.index("evidence")]
-        return bool(evidence.max() == 0)
 
     def recommend(self, query: Query, k: int = 10, exclude: Sequence[str] = ()) -> list[str]:
         ranked = self.rank(self.shopper(query), exclude=exclude)
@@ -660,9 +656,7 @@ class TwoStageRecommender(Recommender):
         """Scores of the candidates, ``-inf`` for every other item (not a full ranking)."""
         out = np.full(len(self.catalogue_), -np.inf)
         ranked = self.rank(self.shopper(query))
-        if len(ranked.positions):
-            # map scores monotonically above any -inf: rank order is what matters
-            out[ranked.positions] = ranked.scores
+        out[ranked.positions] = ranked.scores
         return out
 
     # -- persistence ----------------------------------------------------------------------
@@ -678,14 +672,6 @@ class TwoStageRecommender(Recommender):
 
 
 # -- training -------------------------------------------------------------------------------
-
-
-def _ndcg_at_10(scores: np.ndarray, labels: np.ndarray) -> float:
-    """NDCG@10 of one query with a single relevant item (ties favour the target)."""
-    if not labels.any():
-        return 0.0
-    rank = int((scores > scores[labels.argmax()]).sum())
-    return 1.0 / np.log2(rank + 2) if rank < 10 else 0.0
 
 
 def _quality(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -567,17 +567,13 @@ class CandidateGenerator:
             column["bm25_items"][:] = bm25_items[union]
             column["bm25_texts"][:] = bm25_texts[union]
         if shopper.n_evidence and len(union):
-            mean = shopper.evidence.astype(np.float64).mean(axis=0)
-            mean /= max(float(np.linalg.norm(mean)), 1e-12)
-            column["mean_embedding"][:] = vectors @ mean.astype(np.float32)
+            column["mean_embedding"][:] = vectors @ _unit_mean(shopper.evidence)
             column["evidence_max"][:] = (vectors @ shopper.evidence.T).max(axis=1)
         if len(shopper.items) and len(union):
             mine = self.item_index.get([cat.item_ids[p] for p in shopper.items])
             column["item_max"][:] = (vectors @ mine.T).max(axis=1)
         if shopper.text_vectors is not None and len(shopper.text_vectors) and len(union):
-            mean = shopper.text_vectors.astype(np.float64).mean(axis=0)
-            mean /= max(float(np.linalg.norm(mean)), 1e-12)
-            column["text_mean"][:] = vectors @ mean.astype(np.float32)
+            column["text_mean"][:] = vectors @ _unit_mean(shopper.text_vectors)
         column["category"][:] = _lookup(category_share, cat.categories[union])
         column["category_dense"][:] = _lookup(dense_share, cat.categories[union])
         column["brand"][:] = _lookup(brand_share, cat.brands[union])
@@ -603,6 +599,12 @@ class CandidateGenerator:
             np.array([position[ids[i]] for i in keep], dtype=np.int64),
             np.asarray(scores, dtype=np.float64)[keep],
         )
+
+
+def _unit_mean(vectors: np.ndarray) -> np.ndarray:
+    """The L2-normalised mean of ``vectors`` (float32)."""
+    mean = vectors.astype(np.float64).mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
 
 def _members(codes: np.ndarray, n_codes: int) -> list[np.ndarray]:
