@@ -426,13 +426,18 @@ def fit_state(
     text_vectors: np.ndarray,
     trend_half_life_days: float,
     model_id: str | None = None,
+    template: FaissIndex | None = None,
 ) -> State:
     """Profiles (array operations), the user index and interaction counts for ``events``
-    (sorted by time)."""
+    (sorted by time). ``template`` lends the user index its trained structure (a training
+    state of the same users takes the serving one's)."""
     ordered = events.sort_values(["user_id", "timestamp"], kind="stable")
     evidence = _all_evidence(builder, ordered, item_index, text_vectors)
     profiles = build_profiles(builder, ordered["user_id"].to_numpy(), evidence)
-    user_index = FaissIndex(item_index.dim, model_id=model_id)
+    if template is not None:
+        user_index = template.empty_like()
+    else:
+        user_index = FaissIndex(item_index.dim, model_id=model_id)
     users = list(profiles)
     vectors = profiles.vectors(users)
     usable = np.flatnonzero(np.abs(vectors).sum(axis=1) > 0)
@@ -514,11 +519,12 @@ class TwoStageRecommender(Recommender):
         self.lexical_ = lexical or LexicalIndex().fit(corpus.item_texts)
         self.text_vectors_ = corpus.text_vectors
         self.item_text_ = corpus.item_texts.__getitem__
+        state = self.fit_state(corpus.events)
         if train:
-            self.scorer_, self.report_ = train_scorer(self, corpus.events)
+            self.scorer_, self.report_ = train_scorer(self, corpus.events, state.user_index)
         else:
             self.scorer_, self.report_ = BlendScorer(), {"scorer": "blend", "why": "not trained"}
-        self.set_state(self.fit_state(corpus.events))
+        self.set_state(state)
         return self
 
     @classmethod
@@ -547,7 +553,7 @@ class TwoStageRecommender(Recommender):
         model.set_state(state)
         return model
 
-    def fit_state(self, events: pd.DataFrame) -> State:
+    def fit_state(self, events: pd.DataFrame, template: VectorIndex | None = None) -> State:
         return fit_state(
             self.builder_,
             events,
@@ -556,6 +562,7 @@ class TwoStageRecommender(Recommender):
             self.text_vectors_,
             self.channels_.trend_half_life_days,
             self.item_index_.model_id,
+            template if isinstance(template, FaissIndex) else None,
         )
 
     def set_state(self, state: State) -> None:
@@ -686,7 +693,7 @@ def _quality(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def training_queries(
-    model: TwoStageRecommender, events: pd.DataFrame
+    model: TwoStageRecommender, events: pd.DataFrame, template: VectorIndex | None = None
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], int, list[str]]:
     """Candidates and labels of training queries from ``events``, from two sources:
 
@@ -745,12 +752,12 @@ def training_queries(
         if not cases:
             break
         train_events = pd.concat([events[~chosen], kept]).sort_values("timestamp", kind="stable")
-        model.set_state(model.fit_state(train_events))
+        model.set_state(model.fit_state(train_events, template))
         score_cases(cases, "last")
         n_cases += len(cases)
     cases, before = _after_cut_cases(everything, set(users))
     if cases:
-        model.set_state(model.fit_state(before))
+        model.set_state(model.fit_state(before, template))
         score_cases(cases, "after-cut")
         n_cases += len(cases)
     return owners, groups, labels, n_cases, sources
@@ -804,10 +811,13 @@ def _drop_last_item_event(events: pd.DataFrame, chosen: np.ndarray) -> pd.DataFr
     return events[~drop]
 
 
-def train_scorer(model: TwoStageRecommender, events: pd.DataFrame) -> tuple[Scorer, dict]:
-    """Train blend and LightGBM on the events' own histories; keep the better one."""
+def train_scorer(
+    model: TwoStageRecommender, events: pd.DataFrame, template: VectorIndex | None = None
+) -> tuple[Scorer, dict]:
+    """Train blend and LightGBM on the events' own histories; keep the better one.
+    ``template``: the serving user index, whose structure the training states reuse."""
     cfg = model.ranker_
-    owners, groups, labels, n_queries, sources = training_queries(model, events)
+    owners, groups, labels, n_queries, sources = training_queries(model, events, template)
     hits = [i for i, y in enumerate(labels) if y.any()]
     # each source of queries counts as much as the other in the choice
     per_source = pd.Series(sources).value_counts() if sources else pd.Series(dtype=int)

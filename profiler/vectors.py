@@ -712,6 +712,32 @@ class FaissIndex(VectorIndex):
         )
         return self
 
+    def empty_like(self) -> FaissIndex:
+        """An empty index with this one's settings and trained structure (IVF centroids,
+        ``nprobe``): filling it with vectors of the same kind needs no training or tuning.
+
+        Ranker training fits several states of the same users; each copying the serving
+        user index's structure saved its IVF training and ``nprobe`` tuning."""
+        import faiss
+
+        twin = FaissIndex(
+            self.dim,
+            model_id=self.model_id,
+            factory=self.factory,
+            ann_threshold=self.ann_threshold,
+            target_recall=self.target_recall,
+            nprobe=self.nprobe,
+            seed=self.seed,
+            gpu=self.gpu,
+        )
+        if self.structure_ != "Flat":
+            index = faiss.clone_index(self._index)
+            index.reset()
+            twin._index = index
+            twin.structure_, twin.nprobe_ = self.structure_, self.nprobe_
+            twin.tuned_recall_, twin.trained_size_ = self.tuned_recall_, self.trained_size_
+        return twin
+
     def _tune_nprobe(
         self, vectors: np.ndarray, labels: np.ndarray, rng: np.random.Generator, k: int = 10
     ) -> tuple[int, float]:
