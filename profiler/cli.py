@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
         help="leave-last-out: also query with only the last N history events, e.g. 0,1",
     )
     evaluate.add_argument("--quantile", type=float, default=0.8, help="temporal cut quantile")
-    evaluate.add_argument("--no-tune", action="store_true", help="keep default blend weights")
+    evaluate.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="keep ALS untuned (the ranker always trains on the training split)",
+    )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", action="store_true", help="one JSON line per system and bucket")
     _add_common(evaluate)

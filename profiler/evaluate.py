@@ -23,7 +23,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,6 @@ import pandas as pd
 import threadpoolctl
 
 from profiler import metrics
-from profiler.coldstart import ProfileRecommender
-from profiler.profiles import ProfileConfig
 from profiler.recommender import Corpus, Query, Recommender
 from profiler.storage import atomic_path, write_text
 
@@ -233,15 +231,6 @@ class Row:
         return {"system": self.system, "bucket": self.bucket, "users": self.users, **self.values}
 
 
-#: Profile settings tried by :func:`tune_profiler` (each with the full blend grid).
-CONFIG_GRID: Sequence[dict] = (
-    {"text_share": 0.0, "half_life_days": None},
-    {"text_share": 0.3, "half_life_days": None},
-    {"text_share": 0.6, "half_life_days": None},
-    {"text_share": 0.0, "half_life_days": 90.0},
-    {"text_share": 0.3, "half_life_days": 90.0},
-)
-
 #: ALS settings tried by :func:`tune_als`, so the strongest baseline is tuned as well.
 ALS_GRID: Sequence[dict] = (
     {"factors": 32, "alpha": 1.0},
@@ -259,37 +248,6 @@ def validation_split(corpus: Corpus, split: Split, truncate: Sequence[int]) -> S
     if split.name == "text-only":
         return text_split(split.train, corpus.text_vectors, seed=1)
     return leave_last_out(split.train, corpus.text_vectors, truncate=truncate)
-
-
-def tune_profiler(
-    profiler: ProfileRecommender,
-    corpus: Corpus,
-    validation: Split,
-    config_grid: Sequence[dict] = CONFIG_GRID,
-) -> ProfileRecommender:
-    """Choose profile settings and blend weights on the validation split; return an
-    unfitted recommender with them."""
-    best, best_score = None, -1.0
-    base = profiler.config or ProfileConfig()
-    has_text = bool((validation.train["text_row"] >= 0).any())
-    tried: set[str] = set()
-    for settings in config_grid:
-        config = replace(base, **settings)
-        if not has_text:
-            config = replace(config, text_share=base.text_share)  # no text: share is moot
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        if key in tried:
-            continue
-        tried.add(key)
-        tuner = ProfileRecommender(config, None, profiler.n_neighbours)
-        tuner.fit(corpus.with_events(validation.train))
-        params = tuner.tune((c.query, c.targets) for c in validation.cases)
-        logger.info("validation NDCG@10 %.4f with %s", tuner.validation_ndcg_, settings)
-        if tuner.validation_ndcg_ > best_score:
-            best_score = tuner.validation_ndcg_
-            best = ProfileRecommender(config, params, profiler.n_neighbours)
-    best.validation_ndcg_ = best_score
-    return best
 
 
 def tune_als(corpus: Corpus, validation: Split, seed: int = 0) -> Recommender:
@@ -324,10 +282,11 @@ def evaluate(
 ) -> list[Row]:
     """Fit every system on the split's training events and score its test cases.
 
-    The profiler's blend weights are tuned on a validation split of the training events
-    (never on test users) when ``tune`` is true.
+    ALS's factors and confidence are tuned on a validation split of the training events
+    (never on test users) when ``tune`` is true; the profiler's ranker chooses its own
+    scorer on the training events while it fits.
 
-    ``fitted``, when given, receives the fitted systems (the tuned profiler included).
+    ``fitted``, when given, receives the fitted systems (tuned ALS included).
 
     Returns
     -------
@@ -344,9 +303,7 @@ def evaluate(
         validation = None
     fitted = [] if fitted is None else fitted
     for system in systems:
-        if validation is not None and isinstance(system, ProfileRecommender):
-            system = tune_profiler(system, corpus, validation)
-        elif validation is not None and isinstance(system, ALSBaseline):
+        if validation is not None and isinstance(system, ALSBaseline):
             system = tune_als(corpus, validation, system.seed)
         fitted.append(system.fit(train_corpus))
     with threadpoolctl.threadpool_limits(1, "blas"):  # per-query work is matrix-vector sized

@@ -43,7 +43,7 @@ from profiler.profiles import (
     ProfileStore,
     build_profiles,
 )
-from profiler.recommender import Corpus, Query, Recommender
+from profiler.recommender import Corpus, Query, Recommender, top_k
 from profiler.retrieval import (
     CHANNELS,
     FEATURES,
@@ -68,6 +68,7 @@ __all__ = [
     "TwoStageRecommender",
     "event_evidence",
     "load_scorer",
+    "mmr",
     "save_scorer",
     "train_scorer",
 ]
@@ -939,3 +940,41 @@ def load_scorer(directory: Path) -> tuple[Scorer, dict]:
         booster = LightGBMScorer.load(directory / "ranker.lgb")
         return EnsembleScorer(booster, BlendScorer(meta["weights"])), meta["training"]
     return BlendScorer(meta["weights"]), meta["training"]
+
+
+# -- re-ranking -----------------------------------------------------------------------------
+
+
+def mmr(
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    diversity: float,
+    pool: int = 100,
+) -> np.ndarray:
+    """Maximal marginal relevance re-ranking of the best ``pool`` positions.
+
+    Greedily picks the item maximising ``(1 - diversity) * relevance - diversity *
+    max_similarity_to_already_picked``, with relevance min-max scaled to [0, 1] over the
+    pool. ``diversity=0`` keeps the ranking; returns positions, best first.
+    """
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+    candidates = top_k(scores, max(pool, k))
+    if diversity == 0.0 or len(candidates) <= 1:
+        return candidates[:k]
+    rel = scores[candidates]
+    rel = (rel - rel.min()) / max(rel.max() - rel.min(), 1e-12)
+    sims = vectors[candidates] @ vectors[candidates].T
+    chosen = [0]
+    closest = sims[0].copy()
+    remaining = np.ones(len(candidates), dtype=bool)
+    remaining[0] = False
+    while len(chosen) < min(k, len(candidates)):
+        gain = (1 - diversity) * rel - diversity * closest
+        gain[~remaining] = -np.inf
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        remaining[pick] = False
+        closest = np.maximum(closest, sims[pick])
+    return candidates[chosen]

@@ -31,7 +31,6 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from profiler.coldstart import mmr
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
 from profiler.jobs import ShardedEmbeddings
@@ -47,6 +46,7 @@ from profiler.ranking import (
     TwoStageRecommender,
     event_evidence,
     load_scorer,
+    mmr,
     save_scorer,
 )
 from profiler.recommender import Corpus, Query

@@ -1,6 +1,6 @@
 """Splits never leak the future, and the harness scores every system per bucket.
 
-The catalogue is the three-group one of ``test_coldstart``. Timeline: in each of four rounds
+The catalogue is the three-group one of ``tests/groups.py``. Timeline: in each of four rounds
 every group user ``j`` (five per group) touches item ``g{(j + round) % 4}``: rounds 0-2 are
 reviews with a text near the group's axis (``c-user1`` rates round 1 with 2 stars), round 3
 is a purchase without text (``b-user2`` instead reviews it with 2 stars). Rounds are a day
@@ -37,7 +37,7 @@ from profiler.evaluate import (
 )
 from profiler.ranking import RankerConfig, TwoStageRecommender
 from profiler.recommender import Corpus
-from tests.test_coldstart import (
+from tests.groups import (
     COLUMNS,
     GROUPS,
     ITEM_IDS,

@@ -15,11 +15,13 @@ from profiler.ranking import (
     RankerConfig,
     TwoStageRecommender,
     load_scorer,
+    mmr,
     save_scorer,
 )
-from profiler.recommender import Corpus
+from profiler.recommender import Corpus, top_k
 from profiler.retrieval import FEATURES
 from profiler.workspace import item_document
+from tests.groups import around
 
 
 def queries(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -112,3 +114,29 @@ def test_trained_ranker_beats_the_fixed_blend_on_held_out_bundled_shoppers(bundl
 
     learned, fixed = ndcg(trained), ndcg(BlendScorer())
     assert learned > fixed + 0.02, (learned, fixed)
+
+
+class TestMMR:
+    def test_no_diversity_is_plain_top_k(self):
+        scores = np.random.default_rng(0).standard_normal(30)
+        vectors = around(0, 30, seed=1)
+        np.testing.assert_array_equal(mmr(scores, vectors, 5, 0.0), top_k(scores, 5))
+
+    def test_diversity_lets_a_distinct_item_in(self):
+        # five near-duplicates of e0 scored .9 .. .86, one item on e1 scored .5
+        vectors = np.concatenate([around(0, 5, seed=2, noise=0.01), around(1, 1, seed=3)])
+        scores = np.array([0.9, 0.89, 0.88, 0.87, 0.86, 0.5])
+        assert 5 not in top_k(scores, 2)
+        picked = mmr(scores, vectors, 2, diversity=0.7)
+        assert picked.tolist() == [0, 5]
+        assert sorted(mmr(scores, vectors, 6, diversity=0.7).tolist()) == list(range(6))
+
+    def test_only_the_pool_is_reranked(self):
+        vectors = np.concatenate([around(0, 5, seed=2, noise=0.01), around(1, 1, seed=3)])
+        scores = np.array([0.9, 0.89, 0.88, 0.87, 0.86, 0.5])
+        assert 5 not in mmr(scores, vectors, 2, diversity=0.7, pool=2)
+
+    @pytest.mark.parametrize("diversity", [-0.1, 1.5, np.nan])
+    def test_invalid_diversity(self, diversity):
+        with pytest.raises(ValueError, match="diversity"):
+            mmr(np.zeros(3), np.eye(3), 2, diversity)
