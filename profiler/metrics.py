@@ -25,6 +25,7 @@ __all__ = [
     "expected_calibration_error",
     "hit_rate_at_k",
     "intra_list_diversity",
+    "macro_roc_auc",
     "mean_average_precision",
     "mrr",
     "multilabel_f1",
@@ -349,6 +350,30 @@ def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
     precision_at_k = np.cumsum(hits, axis=0) / np.arange(1, len(hits) + 1)[:, None]
     ap = (precision_at_k * hits).sum(axis=0) / positives[scored]
     return float(ap.mean())
+
+
+def macro_roc_auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over tags of the ROC-AUC of separating that tag's rows from the rest by score
+    (ties count half). Tags whose rows are all positive or all negative are left out.
+
+    >>> macro_roc_auc(np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.7], [0.1]]))
+    0.75
+    """
+    from scipy.stats import rankdata
+
+    truth, score = _tag_arrays(targets, scores, ("targets", "scores"))
+    _check_binary(truth, "targets")
+    positives = truth.sum(axis=0)
+    scored = np.flatnonzero((positives > 0) & (positives < len(truth)))
+    if scored.size == 0:
+        raise ValueError("no tag has both positive and negative rows: ROC-AUC is undefined")
+    aucs = []
+    for tag in scored:
+        ranks = rankdata(score[:, tag])  # average ranks: ties count half
+        n_pos = positives[tag]
+        n_neg = len(truth) - n_pos
+        aucs.append((ranks[truth[:, tag] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs))
 
 
 def _binned_calibration_error(confidence: np.ndarray, outcome: np.ndarray, n_bins: int) -> float:

@@ -1,13 +1,19 @@
-"""Interest tags on the Amazon Reviews 2023 development split: review text -> category.
+"""Interest tags on the Amazon Reviews 2023 development split, the way a new user runs them.
 
-Every history review, read together with the title of the product it is about (what the
-event says), is labelled with the category its shopper was sampled from (24 categories).
-Shoppers are split by user id (train / validation / test; a shopper never straddles two
-sides). The script fine-tunes the tagger, reports the fine-tuned classifier,
-the zero-shot tagger and TF-IDF + logistic regression on the test reviews, and then the
-per-shopper check: for each test (shopper, category) row, aggregate the tags of her four
-history reviews (weighted by rating like her profile) and compare the top-1 tag with
-the category she was sampled from.
+Shoppers (by ``user_id``: one person never straddles the two sides) are split 70 / 30.
+The workspace shoppers' reviews and their products become a workspace; each product's
+category is the category its review file was sampled from (24 categories). Then, with
+the CLI and its defaults::
+
+    profiler build --workspace WS --catalog items.parquet --events events.parquet
+    profiler train-tags --workspace WS
+    profiler tags --workspace WS --texts shoppers.txt --json   # one line per test shopper
+
+where each line of ``shoppers.txt`` is one test shopper's four history reviews joined,
+and ``reviews.txt`` holds each test review on its own line. A tag run is scored by the
+top tag against the shopper's sampled category (top-1, top-3, macro-F1 of the top tag),
+against TF-IDF + logistic regression trained on the same workspace reviews with the same
+labels (:class:`profiler.tags.baseline.TfidfLogisticTagger`).
 
     python scripts/amazon_tags.py --out index/amazon2023-tags
 """
@@ -16,84 +22,154 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from profiler.embedding import Embedder
-from profiler.profiles import ProfileBuilder
-from profiler.storage import write_json
-from profiler.tags.taxonomy import Tag, Taxonomy
-from profiler.tags.training import TaggingData, report_table, split_by_group, train_tags
-from profiler.tags.users import aggregate_tags
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amazon2023 import DEFAULT_SOURCE, _review_text
 
+CLI = [sys.executable, "-c", "from profiler.cli import main; raise SystemExit(main())"]
 
-def _event_text(review: dict) -> str:
-    """The product's title, then the review: the event as a tagger sees it."""
-    title = ((review.get("product") or {}).get("title") or "").strip()
-    text = _review_text(review)
-    return f"{title}. {text}" if title and text else title or text
+
+def _profiler(*args: str) -> str:
+    result = subprocess.run([*CLI, *args], check=True, capture_output=True, text=True)
+    return result.stdout
+
+
+def _split(users: list[str], seed: int) -> set[str]:
+    unique = np.array(sorted(set(users)))
+    np.random.default_rng(seed).shuffle(unique)
+    return set(unique[: round(0.3 * len(unique))])
+
+
+def _inputs(rows: list[dict], test: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    items: dict[str, dict] = {}
+    events = []
+    for row in rows:
+        if row["user_id"] in test:
+            continue
+        for review in row["history"]:
+            product = review.get("product") or {}
+            items.setdefault(
+                review["parent_asin"],
+                {
+                    "item_id": review["parent_asin"],
+                    "title": product.get("title") or "",
+                    "brand": product.get("brand") or "",
+                    "price": product.get("price"),
+                    "category": row["category"],
+                },
+            )
+            events.append(
+                {
+                    "user_id": f"{row['user_id']}:{row['category']}",
+                    "timestamp": review["timestamp_ms"] / 1000.0,
+                    "kind": "review",
+                    "item_id": review["parent_asin"],
+                    "text": _review_text(review),
+                    "rating": review.get("rating"),
+                }
+            )
+    catalog = pd.DataFrame(list(items.values()))
+    catalog["price"] = pd.to_numeric(catalog["price"], errors="coerce")
+    return catalog, pd.DataFrame(events)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _scores(ranked: list[list[str]], truth: list[str]) -> dict:
+    from sklearn.metrics import f1_score
+
+    top = [r[0] if r else "" for r in ranked]
+    return {
+        "top1": float(np.mean([t == y for t, y in zip(top, truth)])),
+        "top3": float(np.mean([y in r[:3] for r, y in zip(ranked, truth)])),
+        "macro_f1": float(f1_score(truth, top, labels=sorted(set(truth)), average="macro")),
+        "n": len(truth),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--out", type=Path, default=Path("index/amazon2023-tags"))
-    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rows = [json.loads(line) for line in args.source.read_text(encoding="utf-8").splitlines()]
+    test = _split([r["user_id"] for r in rows], args.seed)
+    catalog, events = _inputs(rows, test)
+    args.out.mkdir(parents=True, exist_ok=True)
+    catalog.to_parquet(args.out / "items.parquet", index=False)
+    events.to_parquet(args.out / "events.parquet", index=False)
+    workspace = args.out / "ws"
 
-    texts, labels, groups, row_of = [], [], [], []
-    for number, row in enumerate(rows):
-        for review in row["history"]:
-            text = _event_text(review)
-            if text:
-                texts.append(text)
-                labels.append([row["category"]])
-                groups.append(row["user_id"])
-                row_of.append(number)
-    data = TaggingData(texts, labels, groups)
-    names = sorted({row["category"] for row in rows})
-    taxonomy = Taxonomy([Tag(name, name.replace("_", " ")) for name in names])
-    embedder = Embedder(device="cpu", show_progress_bar=False)
-    model, report = train_tags(
-        data, taxonomy, embedder, output=args.out, epochs=args.epochs, seed=args.seed
+    shoppers, shopper_truth, reviews, review_truth = [], [], [], []
+    for row in rows:
+        if row["user_id"] not in test:
+            continue
+        texts = [_one_line(_review_text(r)) for r in row["history"]]
+        texts = [t for t in texts if t]
+        shoppers.append(" ".join(texts))
+        shopper_truth.append(row["category"])
+        reviews += texts
+        review_truth += [row["category"]] * len(texts)
+    (args.out / "shoppers.txt").write_text("\n".join(shoppers) + "\n", encoding="utf-8")
+    (args.out / "reviews.txt").write_text("\n".join(reviews) + "\n", encoding="utf-8")
+
+    _profiler(
+        "build",
+        "--workspace",
+        str(workspace),
+        "--catalog",
+        str(args.out / "items.parquet"),
+        "--events",
+        str(args.out / "events.parquet"),
+        "-q",
     )
-    print(report_table(report))
+    report = [
+        json.loads(x)
+        for x in _profiler("train-tags", "--workspace", str(workspace), "--json", "-q").splitlines()
+    ]
 
-    _, _, test = split_by_group(groups, seed=args.seed)
-    test_rows = sorted({row_of[i] for i in test})
-    builder = ProfileBuilder()
-    hits = []
-    for number in test_rows:
-        row = rows[number]
-        history = pd.DataFrame(
-            {
-                "kind": "review",
-                "item_id": [r["parent_asin"] for r in row["history"]],
-                "timestamp": [r["timestamp_ms"] / 1000 for r in row["history"]],
-                "text": [_event_text(r) for r in row["history"]],
-                "rating": [r["rating"] for r in row["history"]],
-            }
+    results: dict[str, dict] = {"train_tags_report": report}
+    for level, name, truth in (
+        ("shopper", "shoppers.txt", shopper_truth),
+        ("review", "reviews.txt", review_truth),
+    ):
+        out = _profiler(
+            "tags", "--workspace", str(workspace), "--texts", str(args.out / name), "--json", "-q"
         )
-        history = history[history["text"] != ""].reset_index(drop=True)
-        weights = builder.config.kind_weights["review"] * builder.rating_factor(history["rating"])
-        probs = model.predict_proba(list(history["text"]))
-        tags = aggregate_tags(history, probs, weights, taxonomy.names, top=1, min_confidence=0.0)
-        hits.append(bool(tags) and tags[0].tag == row["category"])
-    rate = float(np.mean(hits))
-    print(
-        f"per-shopper top-1 tag == sampled category: {rate:.3f} ({sum(hits)}/{len(hits)} test rows)"
-    )
-    write_json(args.out / "per_user.json", {"top1_rate": rate, "rows": len(hits)})
+        ranked = [[t["tag"] for t in json.loads(line)["tags"]] for line in out.splitlines()]
+        results[f"profiler_{level}"] = _scores(ranked, truth)
+
+    from profiler.tags.baseline import TfidfLogisticTagger
+
+    names = sorted(set(catalog["category"]))
+    labelled = events.merge(catalog[["item_id", "category"]], on="item_id")
+    labelled = labelled[labelled["text"].str.strip() != ""]
+    targets = np.eye(len(names))[[names.index(c) for c in labelled["category"]]]
+    baseline = TfidfLogisticTagger(seed=args.seed).fit(list(labelled["text"]), targets)
+    for level, texts, truth in (
+        ("shopper", shoppers, shopper_truth),
+        ("review", reviews, review_truth),
+    ):
+        probs = baseline.predict_proba(texts)
+        ranked = [[names[j] for j in np.argsort(-p)[:5]] for p in probs]
+        results[f"tfidf_{level}"] = _scores(ranked, truth)
+
+    print(f"{'system':10s} {'level':8s} {'top1':>6s} {'top3':>6s} {'macroF1':>8s} {'n':>5s}")
+    for level in ("shopper", "review"):
+        for system in ("profiler", "tfidf"):
+            r = results[f"{system}_{level}"]
+            values = f"{r['top1']:6.3f} {r['top3']:6.3f} {r['macro_f1']:8.3f} {r['n']:5d}"
+            print(f"{system:10s} {level:8s} {values}")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

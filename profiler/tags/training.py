@@ -22,8 +22,9 @@ import pandas as pd
 from profiler import metrics
 from profiler.storage import write_json, write_text
 from profiler.tags.baseline import TfidfLogisticTagger
-from profiler.tags.calibration import fit_thresholds
+from profiler.tags.calibration import TemperatureScaler, fit_thresholds
 from profiler.tags.classifier import TagClassifier
+from profiler.tags.lexical import LexicalTagger
 from profiler.tags.taxonomy import Taxonomy
 from profiler.tags.zeroshot import ZeroShotTagger
 
@@ -112,22 +113,36 @@ def split_by_group(
     return tuple(np.flatnonzero(which == s) for s in range(3))  # type: ignore[return-value]
 
 
-class TagModel:
-    """The fine-tuned classifier and the zero-shot tagger as one ranked tagger.
+#: Transformer shares tried by the stack (1: the transformer alone, 0: the lexical model).
+STACK_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
-    Tags the classifier learned from at least :data:`MIN_EXAMPLES` examples take its
-    calibrated probabilities; the others take the zero-shot tagger's (calibrated on
-    validation). ``predict_proba`` returns one ``[n, n_tags]`` matrix either way.
+
+class TagModel:
+    """The tagger that serves: the fine-tuned transformer and the lexical model stacked.
+
+    Both give log-scores per tag (log-probabilities for one-tag-per-text data, log-odds
+    otherwise; the transformer's after its own temperature); the stack scores
+    ``weight * transformer + (1 - weight) * lexical`` and a temperature fitted on
+    validation turns that into calibrated probabilities. ``weight`` was chosen on
+    validation from :data:`STACK_WEIGHTS`, so 1 serves the transformer alone and 0 the
+    lexical model alone (the other is then not run). Tags with fewer than
+    :data:`MIN_EXAMPLES` training examples take the zero-shot tagger's probabilities.
     """
 
     def __init__(
         self,
         classifier: TagClassifier,
+        lexical: LexicalTagger,
+        weight: float,
+        scaler: TemperatureScaler,
         zeroshot: ZeroShotTagger,
         zero_shot_tags: Sequence[str],
         thresholds: np.ndarray,
     ) -> None:
         self.classifier = classifier
+        self.lexical = lexical
+        self.weight = float(weight)
+        self.scaler = scaler
         self.zeroshot = zeroshot
         self.taxonomy = classifier.taxonomy_
         self.zero_shot_tags = list(zero_shot_tags)
@@ -136,9 +151,32 @@ class TagModel:
             [self.taxonomy.index(t) for t in self.zero_shot_tags], dtype=int
         )
 
+    @property
+    def system(self) -> str:
+        """``"transformer"``, ``"lexical"`` or ``"stacked"``: what the weight serves."""
+        return {1.0: "transformer", 0.0: "lexical"}.get(self.weight, "stacked")
+
+    def member_scores(
+        self, texts: Sequence[str], members: tuple[str, ...] = ("transformer", "lexical")
+    ) -> dict[str, np.ndarray]:
+        """Each member's log-scores ``[n, n_tags]``."""
+        out = {}
+        if "transformer" in members:
+            out["transformer"] = transformer_scores(self.classifier, texts)
+        if "lexical" in members:
+            out["lexical"] = self.lexical.logits(texts)
+        return out
+
     def predict_proba(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
-        probs = self.classifier.predict_proba(texts)
-        if len(self._zs_columns):
+        texts = list(texts)
+        members = tuple(
+            name
+            for name, share in (("transformer", self.weight), ("lexical", 1.0 - self.weight))
+            if share > 0
+        )
+        scores = self.member_scores(texts, members)
+        probs = self.scaler.transform(_stack(scores, self.weight))
+        if len(self._zs_columns) and len(texts):
             zero = self.zeroshot.predict_proba(
                 texts=None if vectors is not None else texts, vectors=vectors
             )
@@ -148,12 +186,16 @@ class TagModel:
     def save(self, directory: str | os.PathLike[str]) -> None:
         directory = Path(directory)
         self.classifier.save(directory)
+        self.lexical.save(directory)
         write_json(
-            directory / "zeroshot.json",
+            directory / "tagger.json",
             {
+                "system": self.system,
+                "weight": self.weight,
+                "scaler": self.scaler.to_dict(),
                 "zero_shot_tags": self.zero_shot_tags,
-                "scaler": self.zeroshot.scaler_.to_dict(),
-                "combined_thresholds": [float(t) for t in self.thresholds],
+                "zero_shot_scaler": self.zeroshot.scaler_.to_dict(),
+                "thresholds": [float(t) for t in self.thresholds],
             },
         )
 
@@ -165,27 +207,108 @@ class TagModel:
         from profiler.tags.calibration import PlattScaler
 
         directory = Path(directory)
+        meta = read_json(directory / "tagger.json")
         classifier = TagClassifier.load(directory, device=device)
-        meta = read_json(directory / "zeroshot.json")
         taxonomy = classifier.taxonomy_
         zeroshot = ZeroShotTagger(embedder, taxonomy.names, taxonomy.descriptions)
-        zeroshot.scaler_ = PlattScaler.from_dict(meta["scaler"])
+        zeroshot.scaler_ = PlattScaler.from_dict(meta["zero_shot_scaler"])
         return cls(
-            classifier, zeroshot, meta["zero_shot_tags"], np.asarray(meta["combined_thresholds"])
+            classifier,
+            LexicalTagger.load(directory),
+            meta["weight"],
+            TemperatureScaler.from_dict(meta["scaler"]),
+            zeroshot,
+            meta["zero_shot_tags"],
+            np.asarray(meta["thresholds"]),
         )
 
 
+def transformer_scores(classifier: TagClassifier, texts: Sequence[str]) -> np.ndarray:
+    """The classifier's calibrated log-scores: log-probabilities (one tag per text) or
+    log-odds (several)."""
+    from scipy.special import log_softmax
+
+    scaled = classifier.logits(texts).astype(np.float64) / classifier.calibrator_.temperature_
+    return log_softmax(scaled, axis=1) if classifier.single_label_ else scaled
+
+
+def _stack(scores: dict[str, np.ndarray], weight: float) -> np.ndarray:
+    total = 0.0
+    for name, share in (("transformer", weight), ("lexical", 1.0 - weight)):
+        if share > 0:
+            total = total + share * scores[name]
+    return np.asarray(total, dtype=np.float64)
+
+
+def shopper_texts(
+    texts: Sequence[str], targets: np.ndarray, groups: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
+    """Each group's texts joined in order (one shopper's reviews as one text) and the union
+    of their tags; groups with one text are left out (their text is already a row)."""
+    rows: dict[str, list[int]] = {}
+    for row, group in enumerate(groups):
+        rows.setdefault(group, []).append(row)
+    joined, union = [], []
+    for members in rows.values():
+        if len(members) > 1:
+            joined.append(" ".join(texts[r] for r in members))
+            union.append(targets[members].max(axis=0))
+    width = targets.shape[1]
+    return joined, np.array(union, dtype=targets.dtype).reshape(len(union), width)
+
+
+def _soft(targets: np.ndarray, single_label: bool) -> np.ndarray:
+    """Targets for a softmax loss: a row with several tags shares its mass among them."""
+    if not single_label:
+        return targets
+    return targets / np.maximum(targets.sum(axis=1, keepdims=True), 1)
+
+
+def choose_stack(
+    scores: dict[str, np.ndarray], targets: np.ndarray, single_label: bool
+) -> tuple[float, TemperatureScaler, dict[str, float]]:
+    """The transformer share with the lowest calibrated validation log-loss, its
+    temperature and the loss at every share tried."""
+    activation = "softmax" if single_label else "sigmoid"
+    soft = _soft(targets, single_label)
+    losses: dict[str, float] = {}
+    best = (np.inf, 1.0, None)
+    for weight in STACK_WEIGHTS:
+        stacked = _stack(scores, float(weight))
+        scaler = TemperatureScaler(activation=activation).fit(stacked, soft)
+        probs = np.clip(scaler.transform(stacked), 1e-12, 1.0)
+        if single_label:
+            loss = float(-(soft * np.log(probs)).sum(axis=1).mean())
+        else:
+            loss = float(
+                -(soft * np.log(probs) + (1 - soft) * np.log(np.clip(1 - probs, 1e-12, 1))).mean()
+            )
+        losses[f"{weight:.1f}"] = loss
+        if loss < best[0] - 1e-9:
+            best = (loss, float(weight), scaler)
+    return best[1], best[2], losses
+
+
 def evaluate_tagger(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict:
-    """Micro/macro F1 at ``thresholds``, mean average precision, calibration errors."""
+    """Micro/macro F1 at ``thresholds``, mean average precision, calibration errors,
+    top-1/top-3 accuracy (the best tag, or one of the best three, is a true one), the
+    macro F1 of the top tag taken as the prediction, and macro ROC-AUC."""
     predictions = (probs >= thresholds).astype(np.int8)
     micro, macro = metrics.multilabel_f1(targets, predictions)
+    order = np.argsort(-probs, axis=1)
+    rows = np.arange(len(targets))
+    top1 = np.zeros_like(predictions)
+    top1[rows, order[:, 0]] = 1
     return {
         "micro_f1": micro,
         "macro_f1": macro,
         "map": metrics.mean_average_precision(targets, probs),
         "ece": metrics.expected_calibration_error(probs, targets),
         "top1_ece": metrics.top_label_calibration_error(probs, targets),
-        "top1_accuracy": float(np.mean(targets[np.arange(len(targets)), probs.argmax(axis=1)])),
+        "top1_accuracy": float(np.mean(targets[rows, order[:, 0]])),
+        "top3_accuracy": float(np.mean(targets[rows[:, None], order[:, :3]].max(axis=1))),
+        "top1_macro_f1": metrics.multilabel_f1(targets, top1)[1],
+        "roc_auc": metrics.macro_roc_auc(targets, probs),
     }
 
 
@@ -196,17 +319,22 @@ def train_tags(
     *,
     output: str | os.PathLike[str] | None = None,
     base_model: str | os.PathLike[str] | None = None,
-    epochs: int = 3,
-    batch_size: int = 32,
-    max_length: int = 128,
-    learning_rate: float = 1e-4,
+    epochs: int = 4,
+    batch_size: int = 16,
+    max_length: int = 256,
+    learning_rate: float = 3e-5,
     seed: int = 0,
     device: str | None = None,
 ) -> tuple[TagModel, list[dict]]:
-    """Split by user, fine-tune, calibrate, evaluate against zero-shot and TF-IDF + LR.
+    """Split by user, fine-tune the transformer, fit the lexical model, stack them on
+    validation, and evaluate every system on the test users, per text and per shopper.
 
-    Returns the combined :class:`TagModel` and one report row per system (on the test
-    rows); with ``output`` the model and ``report.{json,md}`` are written there.
+    Returns the :class:`TagModel` that serves (the stack at its validation-chosen weight)
+    and one report row per (system, level) on the test rows: ``transformer``,
+    ``lexical``, ``stacked`` (``default`` marks the one that serves), ``zero-shot`` and
+    the ``tfidf-logreg`` baseline; level ``text`` scores each text, level ``shopper``
+    each test user's texts joined into one. With ``output`` the model and
+    ``report.{json,md}`` are written there.
     """
     known = [[name for name in names if name in taxonomy] for names in data.labels]
     dropped = sum(1 for a, b in zip(known, data.labels) if len(a) != len(b))
@@ -235,6 +363,13 @@ def train_tags(
             zero_shot_tags[:10],
         )
     texts = np.array(data.texts, dtype=object)
+    groups = np.array(data.groups, dtype=object)
+
+    def level_rows(rows: np.ndarray) -> dict[str, tuple[list[str], np.ndarray]]:
+        joined = shopper_texts(list(texts[rows]), targets[rows], list(groups[rows]))
+        return {"text": (list(texts[rows]), targets[rows]), "shopper": joined}
+
+    val_levels, test_levels = level_rows(val), level_rows(test)
 
     classifier = TagClassifier(
         base_model,
@@ -244,42 +379,105 @@ def train_tags(
         learning_rate=learning_rate,
         seed=seed,
         device=device,
-    ).fit(list(texts[train]), targets[train], taxonomy, validation=(list(texts[val]), targets[val]))
+    ).fit(list(texts[train]), targets[train], taxonomy, validation=val_levels["text"])
+    lexical = LexicalTagger(seed=seed).fit(list(texts[train]), targets[train])
+    single = classifier.single_label_
+
+    placeholder = TemperatureScaler(activation="softmax" if single else "sigmoid")
+    model = TagModel(classifier, lexical, 1.0, placeholder, None, zero_shot_tags, np.zeros(0))
+
+    def scores_of(levels: dict) -> dict[str, dict[str, np.ndarray]]:
+        return {level: model.member_scores(t) for level, (t, _) in levels.items() if t}
+
+    val_scores, test_scores = scores_of(val_levels), scores_of(test_levels)
+    pooled = {
+        name: np.concatenate([val_scores[level][name] for level in val_scores])
+        for name in ("transformer", "lexical")
+    }
+    pooled_targets = np.concatenate([val_levels[level][1] for level in val_scores])
+    weight, scaler, losses = choose_stack(pooled, pooled_targets, single)
+    logger.info(
+        "stack: transformer share %.1f has the lowest validation log-loss %.4f (%s)",
+        weight,
+        losses[f"{weight:.1f}"],
+        ", ".join(f"{w}: {v:.4f}" for w, v in losses.items()),
+    )
 
     zeroshot = ZeroShotTagger(embedder, taxonomy.names, taxonomy.descriptions)
-    val_vectors = embedder.encode(list(texts[val]))
-    test_vectors = embedder.encode(list(texts[test]))
-    zeroshot.fit(val_vectors, targets[val])
+    val_vectors = embedder.encode(val_levels["text"][0])
+    zeroshot.fit(val_vectors, val_levels["text"][1])
+    model.zeroshot = zeroshot
+
+    systems = {"transformer": 1.0, "lexical": 0.0, "stacked": weight}
+    report: list[dict] = []
+    for name, share in systems.items():
+        activation = "softmax" if single else "sigmoid"
+        soft = _soft(pooled_targets, single)
+        fitted = (
+            scaler
+            if share == weight
+            else TemperatureScaler(activation=activation).fit(_stack(pooled, share), soft)
+        )
+        candidate = TagModel(
+            classifier, lexical, share, fitted, zeroshot, zero_shot_tags, np.zeros(len(taxonomy))
+        )
+        val_probs = _with_zero_shot(
+            candidate, fitted.transform(_stack(val_scores["text"], share)), val_vectors
+        )
+        candidate.thresholds = fit_thresholds(val_probs, val_levels["text"][1])
+        if name == "stacked":
+            model = candidate
+        for level, (level_texts, level_targets) in test_levels.items():
+            if not level_texts:
+                continue
+            probs = fitted.transform(_stack(test_scores[level], share))
+            vectors = embedder.encode(level_texts) if len(candidate._zs_columns) else None
+            probs = _with_zero_shot(candidate, probs, vectors)
+            report.append(
+                {
+                    "system": name,
+                    "level": level,
+                    "default": name == "stacked",
+                    "transformer_share": share,
+                    **evaluate_tagger(probs, level_targets, candidate.thresholds),
+                }
+            )
     zero_val = zeroshot.predict_proba(vectors=val_vectors)
-    zero_test = zeroshot.predict_proba(vectors=test_vectors)
-
-    model = TagModel(classifier, zeroshot, zero_shot_tags, np.zeros(len(taxonomy)))
-    val_probs = model.predict_proba(list(texts[val]), vectors=val_vectors)
-    model.thresholds = fit_thresholds(val_probs, targets[val])
-
+    zero_thresholds = fit_thresholds(zero_val, val_levels["text"][1])
     baseline = TfidfLogisticTagger(seed=seed).fit(list(texts[train]), targets[train])
-    base_val = baseline.predict_proba(list(texts[val]))
-    base_test = baseline.predict_proba(list(texts[test]))
-
-    test_probs = model.predict_proba(list(texts[test]), vectors=test_vectors)
-    report = [
-        {"system": "fine-tuned", **evaluate_tagger(test_probs, targets[test], model.thresholds)},
-        {
-            "system": "zero-shot",
-            **evaluate_tagger(zero_test, targets[test], fit_thresholds(zero_val, targets[val])),
-        },
-        {
-            "system": "tfidf-logreg",
-            **evaluate_tagger(base_test, targets[test], fit_thresholds(base_val, targets[val])),
-        },
-    ]
+    base_thresholds = fit_thresholds(
+        baseline.predict_proba(val_levels["text"][0]), val_levels["text"][1]
+    )
+    for level, (level_texts, level_targets) in test_levels.items():
+        if not level_texts:
+            continue
+        zero = zeroshot.predict_proba(vectors=embedder.encode(level_texts))
+        report.append(
+            {
+                "system": "zero-shot",
+                "level": level,
+                "default": False,
+                **evaluate_tagger(zero, level_targets, zero_thresholds),
+            }
+        )
+        report.append(
+            {
+                "system": "tfidf-logreg",
+                "level": level,
+                "default": False,
+                **evaluate_tagger(
+                    baseline.predict_proba(level_texts), level_targets, base_thresholds
+                ),
+            }
+        )
     for row in report:
         row.update(
-            test_texts=len(test),
+            test_texts=len(test_levels[row["level"]][0]),
             train_texts=len(train),
             tags=len(taxonomy),
             zero_shot_tags=len(zero_shot_tags),
             epochs_trained=float(classifier.epochs_trained_),
+            stack_losses=losses,
         )
     if output is not None:
         output = Path(output)
@@ -289,12 +487,34 @@ def train_tags(
     return model, report
 
 
+def _with_zero_shot(model: TagModel, probs: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
+    if len(model._zs_columns) and len(probs):
+        zero = model.zeroshot.predict_proba(vectors=vectors)
+        probs = probs.copy()
+        probs[:, model._zs_columns] = zero[:, model._zs_columns]
+    return probs
+
+
 def report_table(report: Sequence[dict]) -> str:
-    """The evaluation rows as a markdown table."""
-    columns = ["micro_f1", "macro_f1", "map", "ece", "top1_ece", "top1_accuracy"]
-    lines = ["| system | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    """The evaluation rows as a markdown table (``*``: the system that serves)."""
+    columns = [
+        "top1_accuracy",
+        "top3_accuracy",
+        "top1_macro_f1",
+        "macro_f1",
+        "micro_f1",
+        "map",
+        "roc_auc",
+        "ece",
+    ]
+    lines = [
+        "| system | level | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
     for row in report:
-        lines.append(f"| {row['system']} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
+        name = row["system"] + (" *" if row.get("default") else "")
+        values = " | ".join(f"{row[c]:.4f}" for c in columns)
+        lines.append(f"| {name} | {row.get('level', 'text')} | {values} |")
     return "\n".join(lines) + "\n"
 
 
