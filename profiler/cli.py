@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from profiler.jobs import DTYPES, EmbedJob
 from profiler.workspace import Results, Workspace
 
@@ -133,11 +135,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--group-column", help="user column, so no user is in two splits")
     train.add_argument("--level", default="top", help="category level for tags: top, leaf, full, N")
     train.add_argument("--taxonomy", type=Path, help="JSON/YAML file of tags (name, description)")
+    train.add_argument(
+        "--styles",
+        type=Path,
+        help="style tags file (name, description, keywords); bundled example: "
+        "profiler/data/clothing/styles.json",
+    )
     train.add_argument("--model", help="base encoder: bundled name or local folder")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--max-length", type=int, default=128)
-    train.add_argument("--learning-rate", type=float, default=1e-4)
+    train.add_argument(
+        "--epochs", type=int, default=4, help="most epochs (validation keeps the best)"
+    )
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--max-length", type=int, default=256, help="tokens per window")
+    train.add_argument("--learning-rate", type=float, default=3e-5)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="one JSON line per system")
     _add_common(train)
@@ -154,6 +164,31 @@ def _parser() -> argparse.ArgumentParser:
     tags.add_argument("--remove", action="append", default=[], help="with --user: never show TAG")
     tags.add_argument("--json", action="store_true", help="one JSON object per line")
     _add_common(tags)
+
+    train_sentiment = commands.add_parser(
+        "train-sentiment", help="fine-tune the review sentiment model on star-rated reviews"
+    )
+    train_sentiment.add_argument("--workspace", required=True, type=Path)
+    train_sentiment.add_argument(
+        "--data", type=Path, help="file of rated reviews; default: the workspace's reviews"
+    )
+    train_sentiment.add_argument("--text-column", default="text")
+    train_sentiment.add_argument("--rating-column", default="rating")
+    train_sentiment.add_argument("--group-column", help="user column, so no user is in two splits")
+    train_sentiment.add_argument("--model", help="base encoder: bundled name or local folder")
+    train_sentiment.add_argument("--epochs", type=int, default=2)
+    train_sentiment.add_argument("--max-length", type=int, default=256)
+    train_sentiment.add_argument("--seed", type=int, default=0)
+    train_sentiment.add_argument("--json", action="store_true", help="the report as JSON")
+    _add_common(train_sentiment)
+
+    sentiment = commands.add_parser("sentiment", help="predicted star rating of review texts")
+    sentiment.add_argument("--workspace", required=True, type=Path)
+    texts = sentiment.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--text", action="append", help="a review text (repeat)")
+    texts.add_argument("--texts", type=Path, help="file with one review per line")
+    sentiment.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_common(sentiment)
 
     demo = commands.add_parser("demo", help="build from the bundled data and show results")
     demo.add_argument("--workspace", type=Path, default=DEMO_WORKSPACE)
@@ -366,12 +401,20 @@ def cmd_train_tags(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        styles=args.styles,
     )
     if args.json:
         for row in report:
             print(json.dumps(row))
     else:
-        print(report_table(report))
+        print(report_table([row for row in report if row["system"] != "styles"]))
+        for row in report:
+            if row["system"] == "styles":
+                for style in row["styles"]:
+                    print(
+                        f"style {style['tag']}: {style['weak_positives']} keyword items, "
+                        f"threshold {style['threshold']}, F1 on them {style['weak_f1']}"
+                    )
     logger.info("saved the tagger to %s", ws.tags_dir)
     return 0
 
@@ -380,7 +423,7 @@ def _print_tags(heading: str, tags: list) -> None:
     print(heading)
     for tag in tags:
         mark = " (pinned)" if tag.pinned else ""
-        print(f"  {tag.confidence:5.2f}  {tag.tag}{mark}")
+        print(f"  {tag.confidence:5.2f}  {tag.type:8s} {tag.tag}{mark}")
         for evidence in tag.evidence[:2]:
             print(f"         <- {evidence.kind} {evidence.snippet!r}")
 
@@ -415,12 +458,56 @@ def cmd_tags(args: argparse.Namespace) -> int:
     return _for_each_user(args, serve)
 
 
+def cmd_train_sentiment(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    report = ws.train_sentiment(
+        data=args.data,
+        text_column=args.text_column,
+        rating_column=args.rating_column,
+        group_column=args.group_column,
+        model=args.model,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{'system':10s} {'accuracy':>9s} {'mae':>6s} {'roc_auc_negative':>17s}")
+        for name, row in report["systems"].items():
+            values = f"{row['accuracy']:9.4f} {row['mae']:6.3f} {row['roc_auc_negative']:17.4f}"
+            print(f"{name:10s} {values}")
+    logger.info("saved the sentiment model to %s", ws.sentiment_dir)
+    return 0
+
+
+def cmd_sentiment(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    texts = args.text if args.text is not None else _read_user_file(args.texts)
+    probs = ws.sentiment.predict_proba(texts)
+    for text, row in zip(texts, probs):
+        rating, negative = float(row @ np.arange(1, 6)), float(row[:2].sum())
+        if args.json:
+            record = {
+                "text": text,
+                "rating": round(rating, 3),
+                "negative": round(negative, 4),
+                "probabilities": [round(float(p), 4) for p in row],
+            }
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(f"{rating:4.2f} stars  P(neg) {negative:4.2f}  {' '.join(text.split())[:70]}")
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build,
     "evaluate": cmd_evaluate,
     "embed": cmd_embed,
     "train-tags": cmd_train_tags,
     "tags": cmd_tags,
+    "train-sentiment": cmd_train_sentiment,
+    "sentiment": cmd_sentiment,
     "search": cmd_search,
     "recommend": cmd_recommend,
     "demo": cmd_demo,

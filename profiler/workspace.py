@@ -103,6 +103,43 @@ def item_document(row: pd.Series | dict) -> str:
     return ". ".join(parts)
 
 
+def display_titles(items: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
+    """What to call each item on screen (aligned with ``items``): its title; for an item
+    without one, the first sentence of its best review of 4 stars or more (highest rating,
+    then longest), never a negative one, else its category's last level and its id.
+
+    The name is for display only: the item's own text (embedding, BM25) never takes
+    review words, or an evaluation would see a held-out review inside its item."""
+    titles = items["title"].fillna("").astype(str).str.strip()
+    if not (titles == "").any():
+        return titles
+    reviews = events[(events["kind"] == "review") & (events["text"] != "")]
+    reviews = reviews[reviews["rating"] >= 4]
+    best: dict[str, str] = {}
+    if len(reviews):
+        ranked = reviews.assign(length=reviews["text"].str.len())
+        ranked = ranked.sort_values(["rating", "length"], ascending=False, kind="stable")
+        for item_id, text in zip(ranked["item_id"], ranked["text"]):
+            best.setdefault(item_id, text)
+    names = []
+    for item_id, title, category in zip(items["item_id"], titles, items["category"].fillna("")):
+        if title:
+            names.append(title)
+        elif item_id in best:
+            names.append(_first_sentence(best[item_id]))
+        else:
+            leaf = str(category).split(">")[-1].strip()
+            names.append(f"{leaf} {item_id}".strip() if leaf else str(item_id))
+    return pd.Series(names, index=items.index)
+
+
+def _first_sentence(text: str, limit: int = 60) -> str:
+    import re
+
+    sentence = re.split(r"(?<=[.!?])\s", " ".join(text.split()), maxsplit=1)[0].strip()
+    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the workspace so two builds never interleave writes."""
@@ -158,11 +195,100 @@ class Workspace:
         self.profile_config = profile_config or ProfileConfig()
         self._model = model
         self._tag_model = None
+        self._sentiment = None
+        self._styles = None
+        self._bands: np.ndarray | None = None
         self._tag_level: str | int | None = None
         self._overrides = None
-        self._titles = dict(zip(items["item_id"], items["title"]))
+        shown = items["display_title"] if "display_title" in items else items["title"]
+        self._titles = dict(zip(items["item_id"], shown))
         self._categories = dict(zip(items["item_id"], items["category"].fillna("")))
         self._set_events(events, event_vectors)
+
+    # -- review sentiment -----------------------------------------------------------------
+
+    @property
+    def sentiment_dir(self) -> Path:
+        return self.path / "models" / "sentiment"
+
+    def train_sentiment(
+        self,
+        *,
+        data: str | os.PathLike[str] | None = None,
+        text_column: str = "text",
+        rating_column: str = "rating",
+        group_column: str | None = None,
+        model: str | os.PathLike[str] | None = None,
+        epochs: int = 2,
+        max_length: int = 256,
+        seed: int = 0,
+    ) -> dict:
+        """Fine-tune the sentiment model (:mod:`profiler.sentiment`) on star-rated
+        reviews: the workspace's own by default, or a file with text and rating columns.
+        Saves it to ``models/sentiment/``; then every review here without a rating of its
+        own gets the predicted one (``rating_predicted``) and profiles are refitted.
+        Returns the test report (model, VADER, majority)."""
+        from profiler.sentiment import SentimentModel
+
+        if data is not None:
+            from profiler.data import iter_rows
+
+            rows = list(iter_rows(data))
+            for number, row in enumerate(rows[:1], start=1):
+                missing = [c for c in (text_column, rating_column) if c not in row]
+                if missing:
+                    raise ValueError(f"{data}: row {number} has no column {missing[0]!r}")
+            texts = [str(r.get(text_column) or "") for r in rows]
+            ratings = [pd.to_numeric(r.get(rating_column), errors="coerce") for r in rows]
+            groups = [
+                str(r.get(group_column)) if group_column else f"row-{n}" for n, r in enumerate(rows)
+            ]
+        else:
+            rated = self.events[self._own_rating()]
+            texts, ratings = list(rated["text"]), list(rated["rating"])
+            groups = list(rated["user_id"])
+        with _locked(self.path):
+            sentiment, report = SentimentModel.train(
+                texts,
+                ratings,
+                groups,
+                base_model=model,
+                epochs=epochs,
+                max_length=max_length,
+                seed=seed,
+            )
+            sentiment.save(self.sentiment_dir, report)
+            self._sentiment = sentiment
+            if self._predict_ratings(self.events):
+                model_ = self.recommender
+                model_.set_state(model_.fit_state(self.events))
+                self._save_state()
+        return report
+
+    @property
+    def sentiment(self):
+        """The trained :class:`~profiler.sentiment.SentimentModel` (loaded on first use)."""
+        if self._sentiment is None:
+            from profiler.sentiment import SentimentModel
+
+            self._sentiment = SentimentModel.load(self.sentiment_dir)
+        return self._sentiment
+
+    def _own_rating(self, events: pd.DataFrame | None = None) -> np.ndarray:
+        """Reviews with text and a rating the shopper gave (not a predicted one)."""
+        events = self.events if events is None else events
+        predicted = events.get("rating_predicted", pd.Series(False, index=events.index))
+        return (
+            (events["kind"] == "review")
+            & (events["text"] != "")
+            & events["rating"].notna()
+            & ~predicted.astype(bool)
+        ).to_numpy()
+
+    def _predict_ratings(self, events: pd.DataFrame) -> int:
+        """Fill the ratings of reviews with text but no rating of their own from the
+        sentiment model, in place, marking them ``rating_predicted``; returns how many."""
+        return predict_ratings(events, self.sentiment if self.sentiment_dir.is_dir() else None)
 
     # -- interest tags --------------------------------------------------------------------
 
@@ -180,20 +306,25 @@ class Workspace:
         level: str | int = "top",
         taxonomy: str | os.PathLike[str] | None = None,
         model: str | os.PathLike[str] | None = None,
-        epochs: int = 3,
-        batch_size: int = 32,
-        max_length: int = 128,
-        learning_rate: float = 1e-4,
+        epochs: int = 4,
+        batch_size: int = 16,
+        max_length: int = 256,
+        learning_rate: float = 3e-5,
         seed: int = 0,
+        styles: str | os.PathLike[str] | None = None,
     ) -> list[dict]:
-        """Fine-tune and calibrate the tagger; evaluate it against zero-shot and TF-IDF + LR.
+        """Fine-tune the transformer, fit the lexical model and stack them (the weight
+        chosen on validation); evaluate all three against zero-shot and TF-IDF + LR, per
+        text and per test shopper (see :func:`profiler.tags.training.train_tags`).
 
         Without ``data`` it learns from the workspace: each review or search with an item
         is labelled with the tag of that item's category (``level``: ``top``, ``leaf``,
         ``full`` or a depth). ``data`` is a labelled file (labels separated by ``|``).
         ``taxonomy`` is a JSON/YAML tag file; by default tags come from the catalogue's
         categories (or from the labels of ``data``). Saves to ``models/tags/`` and returns
-        the evaluation rows.
+        the evaluation rows. ``styles`` is a style taxonomy file (see
+        :mod:`profiler.tags.typed`; ``profiler/data/clothing/styles.json`` is the bundled
+        example): its tags are calibrated on the catalogue and shown as ``style`` tags.
         """
         from profiler.tags.taxonomy import Tag, Taxonomy
         from profiler.tags.training import TaggingData, train_tags, workspace_tagging_data
@@ -213,7 +344,7 @@ class Workspace:
         else:
             vocabulary = Taxonomy.from_categories(self.items["category"].fillna(""), level=level)
         with _locked(self.path):
-            _, report = train_tags(
+            tagger, report = train_tags(
                 examples,
                 vocabulary,
                 self.embedder,
@@ -226,10 +357,33 @@ class Workspace:
                 seed=seed,
             )
             write_json(
-                self.tags_dir / "tagging.json", {"level": level, "from_file": data is not None}
+                self.tags_dir / "tagging.json",
+                {
+                    "level": level,
+                    "from_file": data is not None,
+                    "system": tagger.system,
+                    "transformer_share": tagger.weight,
+                    "epochs": epochs,
+                    "epochs_kept": tagger.classifier.epochs_trained_,
+                    "batch_size": batch_size,
+                    "max_length": max_length,
+                    "learning_rate": learning_rate,
+                },
             )
+            (self.tags_dir / "styles.json").unlink(missing_ok=True)
+            if styles is not None:
+                from profiler.tags.typed import StyleTagger, load_styles
+
+                ids = list(self.items["item_id"])
+                documents = [item_document(r) for r in self.items.to_dict(orient="records")]
+                tagger = StyleTagger().fit(
+                    load_styles(styles), documents, self.item_index.get(ids), self.embedder
+                )
+                tagger.save(self.tags_dir)
+                report.append({"system": "styles", "level": "item", "styles": tagger.report_})
         self._tag_model = None
         self._tag_level = None
+        self._styles = None
         return report
 
     @property
@@ -238,7 +392,7 @@ class Workspace:
         if self._tag_model is None:
             from profiler.tags.training import TagModel
 
-            if not (self.tags_dir / "zeroshot.json").is_file():
+            if not (self.tags_dir / "tagger.json").is_file():
                 raise FileNotFoundError(
                     f"{self.path}: no tag model yet; run "
                     f"`profiler train-tags --workspace {self.path}`"
@@ -309,9 +463,63 @@ class Workspace:
             tag = category_tag(self._categories.get(events["item_id"].iloc[row], ""), level)
             if tag in model.taxonomy:
                 probs[row, model.taxonomy.index(tag)] = 1.0
-        return aggregate_tags(
+        tags = aggregate_tags(
             events, probs, weights, names, top=top, pinned=pinned, removed=removed
         )
+        if user is not None:
+            tags += self._typed_tags(events, weights, removed)
+        return tags
+
+    def _typed_tags(self, events: pd.DataFrame, weights: np.ndarray, removed) -> list:
+        """Brand, price-band and style tags from the items of her events (see
+        :mod:`profiler.tags.typed`), weighted like her category tags."""
+        from dataclasses import replace
+
+        from profiler.tags.typed import PRICE_BANDS
+        from profiler.tags.users import aggregate_tags
+
+        position = self.recommender.catalogue_.position
+        rows = np.array([position.get(i, -1) for i in events["item_id"]], dtype=np.int64)
+        if not (rows >= 0).any():
+            return []
+        rows_known = np.where(rows >= 0, rows, 0)
+        out = []
+        brands = self.items["brand"].fillna("").astype(str).to_numpy()[rows_known]
+        brands = np.where(rows >= 0, brands, "")
+        names = sorted({b for b in brands if b})
+        bands = self._price_bands()[rows_known]
+        bands = np.where(rows >= 0, bands, "")
+        kinds = [("brand", names, brands, 2), ("price", list(PRICE_BANDS), bands, 1)]
+        for kind, values, per_event, limit in kinds:
+            if not values:
+                continue
+            probs = (per_event[:, None] == np.array(values, dtype=object)[None, :]).astype(float)
+            found = aggregate_tags(events, probs, weights, values, top=limit, removed=removed)
+            out += [replace(t, type=kind) for t in found]
+        styles = self.styles
+        if styles is not None:
+            carried = styles.item_probs_[rows_known] * styles.carried()[rows_known]
+            carried[rows < 0] = 0.0
+            found = aggregate_tags(events, carried, weights, styles.names_, top=3, removed=removed)
+            out += [replace(t, type="style") for t in found]
+        return out
+
+    def _price_bands(self) -> np.ndarray:
+        if self._bands is None:
+            from profiler.tags.typed import item_price_bands
+
+            prices = self.items["price"] if "price" in self.items else [np.nan] * len(self.items)
+            self._bands = item_price_bands(self.items["category"].fillna(""), prices)
+        return self._bands
+
+    @property
+    def styles(self):
+        """The style tagger ``train-tags --styles`` fitted, or ``None``."""
+        if self._styles is None and (self.tags_dir / "styles.json").is_file():
+            from profiler.tags.typed import StyleTagger
+
+            self._styles = StyleTagger.load(self.tags_dir)
+        return self._styles
 
     def pin_tag(self, user: str, tag: str) -> None:
         """Always show ``tag`` for ``user`` and steer her recommendations toward it."""
@@ -404,6 +612,13 @@ class Workspace:
             )
             event_frame = events_loaded.frame.sort_values("timestamp", kind="stable")
             event_frame = event_frame.reset_index(drop=True)
+            sentiment_dir = path / "models" / "sentiment"
+            if sentiment_dir.is_dir():  # trained here before: reviews without stars get some
+                from profiler.sentiment import SentimentModel
+
+                predict_ratings(event_frame, SentimentModel.load(sentiment_dir))
+            else:
+                predict_ratings(event_frame, None)
 
             embedder = _workspace_embedder(
                 embedder,
@@ -471,6 +686,8 @@ class Workspace:
                 "why": report.get("why"),
                 "candidate_recall": report.get("candidate_recall"),
             }
+            items.frame["display_title"] = display_titles(items.frame, event_frame)
+            ws._titles = dict(zip(items.frame["item_id"], items.frame["display_title"]))
             _write_parquet(path / "items.parquet", items.frame)
             index.save(path, "items")
             ws._model.lexical_.save(path / "lexical")
@@ -805,6 +1022,7 @@ class Workspace:
             new = loaded.frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
             if new.empty:
                 return 0
+            self._predict_ratings(new)
             fresh = [t for t in pd.unique(new["text"]) if t and t not in self._text_rows]
             vectors = self.event_vectors
             if fresh:
@@ -886,6 +1104,27 @@ class Workspace:
             f"Workspace({str(self.path)!r}, items={counts['items']}, events={counts['events']}, "
             f"users={counts['users']}, model={self.manifest['model']['model_id']!r})"
         )
+
+
+def predict_ratings(events: pd.DataFrame, sentiment) -> int:
+    """Give reviews with text and no rating of their own the ``sentiment`` model's expected
+    rating, in place, with ``rating_predicted`` True (the column is added, False, where
+    missing); ``sentiment=None`` only adds the column. Returns how many were predicted."""
+    if "rating_predicted" not in events:
+        events["rating_predicted"] = False
+    if sentiment is None:
+        return 0
+    todo = (
+        (events["kind"] == "review")
+        & (events["text"] != "")
+        & (events["rating"].isna() | events["rating_predicted"].astype(bool))
+    ).to_numpy()
+    if todo.any():
+        expected, _ = sentiment.predict(list(events["text"][todo]))
+        events.loc[todo, "rating"] = expected
+        events.loc[todo, "rating_predicted"] = True
+        logger.info("predicted the ratings of %d reviews without one", int(todo.sum()))
+    return int(todo.sum())
 
 
 @functools.cache

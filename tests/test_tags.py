@@ -109,31 +109,133 @@ class TestAggregate:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_frames, embedder):
     """A tiny real workspace with a tagger fine-tuned on its reviews (class = tag)."""
+    from profiler.tags.typed import BUNDLED_STYLES
     from profiler.workspace import Workspace
 
     items, events = tiny_frames
+    # the bundled catalogue has no brands or prices: three made-up brands, spread prices
+    items = items.assign(
+        brand=[("Acme", "Bolt", "Cove")[i % 3] for i in range(len(items))],
+        price=[10.0 + 7.0 * (i % 10) for i in range(len(items))],
+    )
     ws = Workspace.build(
         tmp_path_factory.mktemp("tags") / "ws", catalog=items, events=events, embedder=embedder
     )
     report = ws.train_tags(
-        level="leaf", epochs=8, batch_size=8, max_length=64, seed=0, learning_rate=3e-4
+        level="leaf",
+        epochs=8,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        learning_rate=3e-4,
+        styles=BUNDLED_STYLES,
     )
-    return ws, report
+    return ws, [row for row in report if row["system"] != "styles"]
 
 
 def test_train_tags_learns_and_reports(trained):
     ws, report = trained
-    by_system = {row["system"]: row for row in report}
-    assert set(by_system) == {"fine-tuned", "zero-shot", "tfidf-logreg"}
+    systems = {(row["system"], row["level"]) for row in report}
+    names = {"transformer", "lexical", "stacked", "zero-shot", "tfidf-logreg"}
+    # every bundled shopper wrote one review: no shopper-level rows (see shopper_texts)
+    assert systems == {(name, "text") for name in names}
+    served = [row for row in report if row["default"]]
+    assert {row["system"] for row in served} == {"stacked"}
+    assert served[0]["transformer_share"] == ws.tag_model.weight
     for row in report:
-        for metric in ("micro_f1", "macro_f1", "map", "ece", "top1_accuracy"):
+        for metric in ("micro_f1", "macro_f1", "map", "ece", "top1_accuracy", "top3_accuracy"):
             assert 0.0 <= row[metric] <= 1.0
+        assert 0.5 <= row["roc_auc"] <= 1.0 and row["top3_accuracy"] >= row["top1_accuracy"]
+    by_system = {row["system"]: row for row in report if row["level"] == "text"}
     # 8 classes: chance top-1 is 0.125; the fine-tuned model has learned them
-    assert by_system["fine-tuned"]["top1_accuracy"] > 0.4
-    history = [h for h in ws.tag_model.classifier.history_ if "eval_loss" in h]
-    assert history[-1]["eval_loss"] < history[0]["eval_loss"]
-    for name in ("model.safetensors", "taxonomy.json", "thresholds.json", "zeroshot.json"):
+    assert by_system["transformer"]["top1_accuracy"] > 0.4
+    # the kept epoch is the one with the lowest validation loss (epoch 0: the probe head)
+    classifier = ws.tag_model.classifier
+    losses = [h["eval_loss"] for h in classifier.history_]
+    assert losses[int(classifier.epochs_trained_)] == min(losses)
+    for name in ("model.safetensors", "head.safetensors", "taxonomy.json", "thresholds.json"):
         assert (ws.tags_dir / name).is_file(), name
+    for name in ("tagger.json", "lexical.json", "lexical.coef.npy", "tagging.json"):
+        assert (ws.tags_dir / name).is_file(), name
+    recorded = json.loads((ws.tags_dir / "tagging.json").read_text())
+    assert recorded["system"] == ws.tag_model.system and recorded["max_length"] == 64
+
+
+def test_long_text_gets_the_tags_of_its_parts(trained):
+    """A text beyond the window limit is read whole: windows cover every token, and a
+    text made of two parts ranks both parts' tags first."""
+    ws, _ = trained
+    classifier = ws.tag_model.classifier
+    swim = "I love this bikini, the swimsuit fits well at the beach and the pool. "
+    jeans = "These denim jeans are comfortable, the waist and the legs fit nicely. "
+    pieces, owner = classifier.windows([swim * 12, swim])
+    assert owner.tolist().count(0) >= 3 and owner.tolist().count(1) == 1
+    assert max(len(p) for p in pieces) <= classifier.max_length
+    tokens = classifier.tokenizer_(swim * 12, add_special_tokens=False)["input_ids"]
+    covered = sum(len(p) - 2 for p in pieces[: owner.tolist().count(0)])
+    assert covered >= len(tokens)  # overlapping windows, nothing dropped
+    probs = classifier.predict_proba([swim, swim * 12, jeans, swim * 6 + jeans * 6])
+    names = classifier.taxonomy_.names
+    assert names[probs[0].argmax()] == names[probs[1].argmax()]
+    np.testing.assert_allclose(probs[1], probs[0], atol=0.15)
+    both = {names[j] for j in np.argsort(-probs[3])[:2]}
+    assert both == {names[probs[0].argmax()], names[probs[2].argmax()]}
+
+
+def test_stack_weight_follows_the_better_member():
+    from profiler.tags.training import choose_stack
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 400)
+    targets = np.eye(4)[truth]
+    signal = 3.0 * targets
+    noise = rng.standard_normal((400, 4))
+    weight, scaler, losses = choose_stack(
+        {"transformer": noise, "lexical": signal + 0.5 * rng.standard_normal((400, 4))},
+        targets,
+        single_label=True,
+    )
+    assert weight <= 0.2 and set(losses) == {f"{w / 10:.1f}" for w in range(11)}
+    weight, _, _ = choose_stack(
+        {"transformer": signal + 0.5 * noise, "lexical": rng.standard_normal((400, 4))},
+        targets,
+        single_label=True,
+    )
+    assert weight >= 0.8
+    # two members with independent errors: the mix beats either alone
+    weight, _, losses = choose_stack(
+        {
+            "transformer": signal + 2.0 * rng.standard_normal((400, 4)),
+            "lexical": signal + 2.0 * rng.standard_normal((400, 4)),
+        },
+        targets,
+        single_label=True,
+    )
+    assert 0.2 <= weight <= 0.8 and losses[f"{weight:.1f}"] < min(losses["0.0"], losses["1.0"])
+    assert scaler.temperature_ > 0
+
+
+def test_lexical_tagger_learns_and_round_trips(tmp_path):
+    from profiler.tags.lexical import LexicalTagger
+
+    texts = ["red wool sweater", "blue wool jumper", "denim jeans slim", "black jeans denim"]
+    texts += ["sweaters in wool", "jeans of denim"]
+    targets = np.eye(2)[[0, 0, 1, 1, 0, 1]]
+    tagger = LexicalTagger().fit(texts, targets)
+    probs = tagger.predict_proba(["a wool sweater", "denim jeans", "woolen jumpers"])
+    assert probs.argmax(axis=1).tolist() == [0, 1, 0]  # character n-grams: "woolen"
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    tagger.save(tmp_path)
+    again = LexicalTagger.load(tmp_path)
+    np.testing.assert_allclose(again.logits(texts), tagger.logits(texts), atol=1e-5)
+
+
+def test_shopper_texts_join_each_users_texts():
+    from profiler.tags.training import shopper_texts
+
+    targets = np.eye(3)[[0, 1, 0, 2]]
+    joined, union = shopper_texts(["a", "b", "c", "d"], targets, ["u1", "u1", "u2", "u1"])
+    assert joined == ["a b d"] and union.tolist() == [[1, 1, 1]]
 
 
 def test_saved_tagger_reloads_identically(trained):
@@ -151,7 +253,12 @@ def test_user_tags_with_evidence_and_overrides(trained):
     user = ws.users[0]
     tags = ws.tags(user, top=3)
     assert tags and all(0.0 <= t.confidence <= 1.0 for t in tags)
-    assert [t.confidence for t in tags] == sorted((t.confidence for t in tags), reverse=True)
+    # category tags first, then brand, price and style; each type ranked by confidence
+    order = {"category": 0, "brand": 1, "price": 2, "style": 3}
+    assert [order[t.type] for t in tags] == sorted(order[t.type] for t in tags)
+    for kind in order:
+        ranked = [t.confidence for t in tags if t.type == kind]
+        assert ranked == sorted(ranked, reverse=True)
     own_items = set(ws.user_events(user)["item_id"])
     assert {e.item_id for e in tags[0].evidence} <= own_items
     text_tags = ws.tags(texts=["a bikini for the beach"], top=3)
@@ -170,6 +277,45 @@ def test_user_tags_with_evidence_and_overrides(trained):
         ws.pin_tag(user, "Gardening")
 
 
+def test_typed_tags_brand_price_and_style(trained):
+    from profiler.tags.typed import PRICE_BANDS, item_price_bands
+
+    ws, _ = trained
+    bands = dict(
+        zip(ws.items["item_id"], item_price_bands(ws.items["category"], ws.items["price"]))
+    )
+    brands = dict(zip(ws.items["item_id"], ws.items["brand"]))
+    seen_types = set()
+    for user in ws.users[:40]:
+        tags = ws.tags(user)
+        seen_types |= {t.type for t in tags}
+        mine = set(ws.user_events(user)["item_id"])
+        for tag in tags:
+            assert tag.type in {"category", "brand", "price", "style"}
+            items = {e.item_id for e in tag.evidence}
+            assert items <= mine
+            if tag.type == "brand":
+                assert all(brands[i] == tag.tag for i in items)
+            if tag.type == "price":
+                assert tag.tag in PRICE_BANDS and all(bands[i] == tag.tag for i in items)
+            if tag.type == "style":
+                assert tag.tag in ws.styles.names_
+    assert {"category", "brand", "price"} <= seen_types
+    report = {s["tag"]: s for s in ws.styles.report_}
+    assert report["cozy"]["weak_positives"] > 0  # "soft", "warm" name real items
+
+
+def test_price_bands_are_terciles_within_category():
+    from profiler.tags.typed import item_price_bands
+
+    categories = ["Shoes"] * 30 + ["Socks"] * 30 + ["Hats"]
+    prices = list(range(100, 130)) + list(range(1, 31)) + [np.nan]
+    bands = item_price_bands(categories, prices)
+    assert bands[0] == "budget" and bands[29] == "premium" and bands[30] == "budget"
+    assert bands[59] == "premium" and bands[60] == ""  # no price, no band
+    assert (bands[:30] == "mid-range").sum() == 10
+
+
 def test_tags_cli_json(trained, capsys):
     from profiler import cli
 
@@ -178,7 +324,8 @@ def test_tags_cli_json(trained, capsys):
     assert cli.main(["tags", "--workspace", str(ws.path), "--user", user, "--json", "-q"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["user_id"] == user and record["tags"]
-    assert set(record["tags"][0]) == {"tag", "confidence", "pinned", "evidence"}
+    assert set(record["tags"][0]) == {"tag", "type", "confidence", "pinned", "evidence"}
+    assert {t["type"] for t in record["tags"]} <= {"category", "brand", "price", "style"}
     code = cli.main(
         ["tags", "--workspace", str(ws.path), "--text", "wool sweater", "--text", "jeans", "--json"]
     )

@@ -40,6 +40,8 @@ class Evidence:
     timestamp: float
     snippet: str
     contribution: float
+    rating: float | None = None
+    rating_predicted: bool = False  # the rating came from the sentiment model
 
     def to_dict(self) -> dict:
         return {
@@ -49,21 +51,26 @@ class Evidence:
             "timestamp": self.timestamp,
             "snippet": self.snippet,
             "contribution": round(self.contribution, 4),
+            "rating": None if self.rating is None else round(self.rating, 2),
+            "rating_predicted": self.rating_predicted,
         }
 
 
 @dataclass(frozen=True)
 class UserTag:
-    """A tag with its confidence, whether the shopper pinned it, and its evidence."""
+    """A tag with its confidence, whether the shopper pinned it, its evidence and its type
+    (``category``, ``brand``, ``price`` or ``style``)."""
 
     tag: str
     confidence: float
     evidence: tuple[Evidence, ...] = ()
     pinned: bool = False
+    type: str = "category"
 
     def to_dict(self) -> dict:
         return {
             "tag": self.tag,
+            "type": self.type,
             "confidence": round(self.confidence, 4),
             "pinned": self.pinned,
             "evidence": [e.to_dict() for e in self.evidence],
@@ -132,12 +139,23 @@ def aggregate_tags(
                 timestamp=float(events["timestamp"].iloc[e]),
                 snippet=_snippet(events["text"].iloc[e]),
                 contribution=float(contributions[e, j]),
+                rating=_rating(events, e),
+                rating_predicted=bool(
+                    "rating_predicted" in events and events["rating_predicted"].iloc[e]
+                ),
             )
             for e in best
             if contributions[e, j] > 0
         )
         out.append(UserTag(names[j], float(scores[j]), evidence, names[j] in pinned_set))
     return out
+
+
+def _rating(events: pd.DataFrame, row: int) -> float | None:
+    if "rating" not in events:
+        return None
+    value = float(events["rating"].iloc[row])
+    return value if np.isfinite(value) else None
 
 
 @dataclass
