@@ -254,9 +254,9 @@ def report(corpus, data) -> Report:
     fitted_on = []
     fit_state = TwoStageRecommender.fit_state
 
-    def recording_fit(self, events):
+    def recording_fit(self, events, template=None):
         fitted_on.append(events)
-        return fit_state(self, events)
+        return fit_state(self, events, template)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TwoStageRecommender, "fit_state", recording_fit)
@@ -338,6 +338,7 @@ class TestEvaluate:
         assert 2 <= len(fitted_on) <= 2 + RankerConfig().rounds
         for events in fitted_on:
             assert not set(zip(events["user_id"], events["item_id"])) & test_targets
-        # every training state holds out some training events; serving has them all
-        assert all(len(events) < len(split.train) for events in fitted_on[:-1])
-        assert len(fitted_on[-1]) == len(split.train)
+        # serving's state (fitted first, its user index lends the training states its
+        # structure) has every training event; each training state holds some out
+        assert len(fitted_on[0]) == len(split.train)
+        assert all(len(events) < len(split.train) for events in fitted_on[1:])
