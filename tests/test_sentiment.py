@@ -133,3 +133,40 @@ def test_unrated_negative_review_lowers_the_profile(tmp_path, tiny_frames, embed
     assert not mine["rating_predicted"].iloc[:-1].any()
     builder = ws.recommender.builder_
     assert builder.rating_factor(np.array([last["rating"]]))[0] < 0
+
+
+def test_train_sentiment_and_sentiment_cli(tmp_path, tiny_frames, embedder, capsys):
+    """train-sentiment on a workspace's own rated reviews (probe head, 64 tokens), then
+    `profiler sentiment --json`; the workspace's reviews keep their own ratings."""
+    from profiler import cli
+
+    items, events = tiny_frames
+    ws = Workspace.build(tmp_path / "ws", catalog=items, events=events, embedder=embedder)
+    before = ws.events["rating"].copy()
+    args = ["train-sentiment", "--workspace", str(ws.path), "--epochs", "0", "--max-length", "64"]
+    assert cli.main([*args, "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["systems"]) >= {"model", "majority"} and report["test_reviews"] > 0
+    assert (ws.sentiment_dir / "head.safetensors").is_file()
+    again = Workspace.open(ws.path)
+    np.testing.assert_array_equal(again.events["rating"].to_numpy(), before.to_numpy())
+    assert not again.events["rating_predicted"].any()  # every review here had stars
+    code = cli.main(
+        [
+            "sentiment",
+            "--workspace",
+            str(ws.path),
+            "--text",
+            "Love it!",
+            "--text",
+            "awful",
+            "--json",
+        ]
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [line["text"] for line in lines] == ["Love it!", "awful"]
+    for line in lines:
+        assert 1.0 <= line["rating"] <= 5.0 and 0.0 <= line["negative"] <= 1.0
+        assert abs(sum(line["probabilities"]) - 1.0) < 1e-3
+    missing = cli.main(["sentiment", "--workspace", str(tmp_path / "none"), "--text", "x"])
+    assert missing == 2
