@@ -336,17 +336,20 @@ def test_tags_cli_json(trained, capsys):
 
 @pytest.mark.slow
 def test_fine_tuning_on_bundled_data_beats_tfidf(tmp_path, embedder):
-    """The real fine-tuning: bundled reviews -> product class, against TF-IDF + LR."""
+    """The real training with train-tags' defaults: bundled reviews -> product class,
+    against TF-IDF + LR on the same test shoppers."""
     from profiler.data import clothing_catalog, clothing_events
     from profiler.workspace import Workspace
 
     ws = Workspace.build(
         tmp_path / "ws", catalog=clothing_catalog(), events=clothing_events(), embedder=embedder
     )
-    report = {row["system"]: row for row in ws.train_tags(level="leaf", epochs=4)}
-    tuned, tfidf = report["fine-tuned"], report["tfidf-logreg"]
-    # measured: micro-F1 0.674 vs 0.601, macro-F1 0.489 vs 0.478, ECE 0.007
-    assert tuned["micro_f1"] > tfidf["micro_f1"] + 0.03
-    assert tuned["macro_f1"] > tfidf["macro_f1"]
-    assert tuned["ece"] <= 0.05 and tuned["ece"] < tfidf["ece"]
-    assert tuned["micro_f1"] > report["zero-shot"]["micro_f1"]
+    report = {row["system"]: row for row in ws.train_tags(level="leaf") if row["level"] == "text"}
+    served, tfidf = report["stacked"], report["tfidf-logreg"]
+    # measured: macro-F1 0.548 vs 0.478, top-1 0.687 vs 0.651, ECE 0.007 vs 0.042
+    assert served["macro_f1"] >= tfidf["macro_f1"] + 0.05
+    assert served["top1_accuracy"] > tfidf["top1_accuracy"]
+    assert served["ece"] <= 0.05 and served["ece"] < tfidf["ece"]
+    for member in ("transformer", "lexical"):  # the stack was kept because it beat both
+        assert served["macro_f1"] >= report[member]["macro_f1"] - 0.01
+    assert served["micro_f1"] > report["zero-shot"]["micro_f1"]
