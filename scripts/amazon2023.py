@@ -41,6 +41,30 @@ def _review_text(review: dict) -> str:
     return f"{title}. {body}" if title and body else title or body
 
 
+def item_record(review: dict, category: str) -> dict:
+    """The catalogue row of the product a review is about."""
+    product = review.get("product") or {}
+    return {
+        "item_id": review["parent_asin"],
+        "title": product.get("title") or "",
+        "brand": product.get("brand") or "",
+        "price": product.get("price"),
+        "category": category,
+    }
+
+
+def review_event(review: dict, shopper: str) -> dict:
+    """A review as a ``review`` event of ``shopper``."""
+    return {
+        "user_id": shopper,
+        "timestamp": review["timestamp_ms"] / 1000.0,
+        "kind": "review",
+        "item_id": review["parent_asin"],
+        "text": _review_text(review),
+        "rating": review.get("rating"),
+    }
+
+
 def convert(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     items: dict[str, dict] = {}
     events = []
@@ -54,27 +78,9 @@ def convert(source: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 raise ValueError(f"{source} line {line_number}: not JSON ({exc})") from exc
             shopper = f"{row['user_id']}:{row['category']}"
             for review in [*row["history"], row["heldout"]]:
-                product = review.get("product") or {}
-                items.setdefault(
-                    review["parent_asin"],
-                    {
-                        "item_id": review["parent_asin"],
-                        "title": product.get("title") or "",
-                        "brand": product.get("brand") or "",
-                        "price": product.get("price"),
-                        "category": product.get("main_category") or "",
-                    },
-                )
-                events.append(
-                    {
-                        "user_id": shopper,
-                        "timestamp": review["timestamp_ms"] / 1000.0,
-                        "kind": "review",
-                        "item_id": review["parent_asin"],
-                        "text": _review_text(review),
-                        "rating": review.get("rating"),
-                    }
-                )
+                main = (review.get("product") or {}).get("main_category") or ""
+                items.setdefault(review["parent_asin"], item_record(review, main))
+                events.append(review_event(review, shopper))
     catalog = pd.DataFrame(list(items.values()))
     catalog["price"] = pd.to_numeric(catalog["price"], errors="coerce")
     return catalog, pd.DataFrame(events)

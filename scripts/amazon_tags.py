@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from amazon2023 import DEFAULT_SOURCE, _review_text
+from amazon2023 import DEFAULT_SOURCE, _review_text, item_record, review_event
 
 CLI = [sys.executable, "-c", "from profiler.cli import main; raise SystemExit(main())"]
 
@@ -52,28 +52,10 @@ def _inputs(rows: list[dict], test: set[str]) -> tuple[pd.DataFrame, pd.DataFram
     for row in rows:
         if row["user_id"] in test:
             continue
+        shopper = f"{row['user_id']}:{row['category']}"
         for review in row["history"]:
-            product = review.get("product") or {}
-            items.setdefault(
-                review["parent_asin"],
-                {
-                    "item_id": review["parent_asin"],
-                    "title": product.get("title") or "",
-                    "brand": product.get("brand") or "",
-                    "price": product.get("price"),
-                    "category": row["category"],
-                },
-            )
-            events.append(
-                {
-                    "user_id": f"{row['user_id']}:{row['category']}",
-                    "timestamp": review["timestamp_ms"] / 1000.0,
-                    "kind": "review",
-                    "item_id": review["parent_asin"],
-                    "text": _review_text(review),
-                    "rating": review.get("rating"),
-                }
-            )
+            items.setdefault(review["parent_asin"], item_record(review, row["category"]))
+            events.append(review_event(review, shopper))
     catalog = pd.DataFrame(list(items.values()))
     catalog["price"] = pd.to_numeric(catalog["price"], errors="coerce")
     return catalog, pd.DataFrame(events)
