@@ -9,8 +9,8 @@ The source has no product names, no user ids and no dates, so:
 
 * an item's ``title`` is its class plus the most helpful title of a 4-5 star review of it
   (never a complaint: "Knits: Worst blouse i've ordered" was once the demo's first line),
-  its ``description`` the titles of other reviews of it, its ``category``
-  ``Department > Class``. Only reviews *not* sampled as events describe items, so an
+  its ``description`` the titles of up to 7 other reviews of it, complaints included, its
+  ``category`` ``Department > Class``. Only reviews *not* sampled as events describe items, so an
   evaluation that predicts an event's item never sees that event's own words in the item;
 * every sampled review is one anonymous shopper (``shopper-NNNNN``) with one ``review``
   event: exactly the cold-start case;
@@ -62,12 +62,15 @@ def build(source: pd.DataFrame, n_events: int, seed: int) -> tuple[pd.DataFrame,
         # the name: the most helpful title among its 4-5 star reviews, never a complaint
         praised = described[described["Rating"] >= 4]
         name = first["Class Name"]
-        title = f"{name}: {praised['title'].iloc[0]}" if len(praised) else f"{name} {item_id}"
+        chosen = praised["title"].iloc[0] if len(praised) else None
+        title = f"{name}: {chosen}" if chosen else f"{name} {item_id}"
+        # the other titles, complaints included, still describe it (and are embedded)
+        others = [t for t in titles if t != chosen][:7]
         items.append(
             {
                 "item_id": str(item_id),
                 "title": title,
-                "description": " | ".join(titles[1:8]),
+                "description": " | ".join(others),
                 "category": f"{first['Department Name']} > {name}",
                 "division": first["Division Name"],
             }
