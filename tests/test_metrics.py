@@ -156,3 +156,15 @@ class TestBadInput:
 def test_mrr_empty_relevant():
     with pytest.raises(ValueError, match="relevant is empty"):
         mrr(RANKED, set())
+
+
+def test_macro_roc_auc_counts_ties_half_and_skips_one_class_tags():
+    from profiler.metrics import macro_roc_auc
+
+    targets = np.array([[1, 1], [0, 1], [1, 1], [0, 1]])
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.4]])
+    assert macro_roc_auc(targets, scores) == 0.75  # tag 2 is all positive: left out
+    tied = np.array([[0.5, 0.0]] * 4)
+    assert macro_roc_auc(targets, tied) == 0.5
+    with pytest.raises(ValueError, match="ROC-AUC"):
+        macro_roc_auc(np.ones((3, 1)), np.zeros((3, 1)))
