@@ -259,9 +259,9 @@ class Workspace:
             )
             sentiment.save(self.sentiment_dir, report)
             self._sentiment = sentiment
-            if self._predict_ratings(self.events):
-                model_ = self.recommender
-                model_.set_state(model_.fit_state(self.events))
+            if self._predict_ratings(self.events):  # profiles, counts: refit on them
+                recommender = self.recommender
+                recommender.set_state(recommender.fit_state(self.events))
                 self._save_state()
         return report
 
@@ -376,11 +376,11 @@ class Workspace:
 
                 ids = list(self.items["item_id"])
                 documents = [item_document(r) for r in self.items.to_dict(orient="records")]
-                tagger = StyleTagger().fit(
+                style_tagger = StyleTagger().fit(
                     load_styles(styles), documents, self.item_index.get(ids), self.embedder
                 )
-                tagger.save(self.tags_dir)
-                report.append({"system": "styles", "level": "item", "styles": tagger.report_})
+                style_tagger.save(self.tags_dir)
+                report.append({"system": "styles", "level": "item", "styles": style_tagger.report_})
         self._tag_model = None
         self._tag_level = None
         self._styles = None
@@ -538,6 +538,9 @@ class Workspace:
         overrides.save()
 
     def _set_events(self, events: pd.DataFrame, event_vectors: np.ndarray) -> None:
+        # workspaces built before sentiment have no flag: none of their ratings is predicted
+        flag = events.get("rating_predicted", False)
+        events["rating_predicted"] = pd.Series(flag, index=events.index).fillna(False).astype(bool)
         self.events = events
         self.event_vectors = event_vectors
         self._user_rows = events.groupby("user_id", sort=False).indices
