@@ -212,7 +212,21 @@ def test_stack_weight_follows_the_better_member():
         single_label=True,
     )
     assert 0.2 <= weight <= 0.8 and losses[f"{weight:.1f}"] < min(losses["0.0"], losses["1.0"])
-    assert scaler.temperature_ > 0
+    # the temperature calibrates the stack: overconfident scores (x4) come back honest
+    from profiler import metrics
+    from profiler.tags.training import _stack
+
+    members = {
+        "transformer": 4.0 * (signal + 2.0 * rng.standard_normal((400, 4))),
+        "lexical": 4.0 * (signal + 2.0 * rng.standard_normal((400, 4))),
+    }
+    weight, scaler, _ = choose_stack(members, targets, single_label=True)
+    raw = np.exp(_stack(members, weight))
+    raw /= raw.sum(axis=1, keepdims=True)
+    calibrated = scaler.transform(_stack(members, weight))
+    assert scaler.temperature_ > 2.0
+    after = metrics.top_label_calibration_error(calibrated, targets)
+    assert after < 0.06 and after < metrics.top_label_calibration_error(raw, targets) / 2
 
 
 def test_lexical_tagger_learns_and_round_trips(tmp_path):
