@@ -172,3 +172,83 @@ def test_parse_timestamp(value, expected):
 def test_parse_timestamp_rejects(value):
     with pytest.raises(ValueError):
         parse_timestamp(value)
+
+
+# -- input rules: ids, files as spreadsheet tools write them, time, duplicates -------------
+
+
+def test_jsonl_ids_are_never_retyped_and_a_broken_line_costs_only_itself(tmp_path):
+    lines = [
+        json.dumps({"user_id": 7, "timestamp": 1, "kind": "view", "item_id": "7"}),
+        json.dumps({"user_id": "007", "timestamp": 2, "kind": "view", "item_id": "007"}),
+        "",  # a blank line is skipped but still counted
+        json.dumps({"user_id": "u3", "timestamp": 3, "kind": "view", "item_id": "7"}),
+        '{"user_id": "u4", "timestamp": 4, "ki',  # truncated last line, no newline
+    ]
+    source = write(tmp_path, "events.jsonl", "\n".join(lines))
+    loaded = load_events(source, items=["7", "007"], quarantine=tmp_path / "q.jsonl")
+    assert loaded.frame["user_id"].tolist() == ["7", "007", "u3"]
+    assert loaded.frame["item_id"].tolist() == ["7", "007", "7"]
+    (rejection,) = loaded.report.rejections
+    assert (rejection.row, rejection.field) == (5, "row") and "truncated" in rejection.reason
+
+
+def test_empty_files_and_missing_columns_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"events\.jsonl: empty file"):
+        load_events(write(tmp_path, "events.jsonl", ""))
+    with pytest.raises(ValueError, match=r"events\.csv: empty file"):
+        load_events(write(tmp_path, "events.csv", ""))
+    no_time = "\n".join(json.dumps({"user_id": "u", "kind": "view", "item_id": "i"}) for _ in "ab")
+    with pytest.raises(ValueError, match=r"events\.jsonl: missing required column.*'timestamp'"):
+        load_events(write(tmp_path, "events.jsonl", no_time))
+
+
+def test_excel_csv_utf8_bom_and_padded_header(tmp_path):
+    source = tmp_path / "items.csv"
+    source.write_bytes("\ufeff item_id , title \ni1,Wool coat\ni2,Linen shirt\n".encode())
+    loaded = load_catalog(source)
+    assert loaded.frame["item_id"].tolist() == ["i1", "i2"]
+    assert loaded.frame["title"].tolist() == ["Wool coat", "Linen shirt"]
+
+
+def test_id_rules_control_characters_length_and_unicode_forms(tmp_path):
+    events = pd.DataFrame(
+        {
+            "user_id": ["ok\x00", "x" * 1_000_000, "Jose\u0301", "Jos\u00e9", "tab\there"],
+            "timestamp": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "kind": "search",
+            "text": ["a", "b", "c", "d", "e"],
+        }
+    )
+    loaded = load_events(events)
+    reasons = {r.row: (r.field, r.reason) for r in loaded.report.rejections}
+    assert reasons[1][0] == "user_id" and "U+0000" in reasons[1][1]
+    assert reasons[2][0] == "user_id" and "longer than" in reasons[2][1]
+    assert reasons[5][0] == "user_id" and "U+0009" in reasons[5][1]
+    # NFD "Jose" + combining accent and NFC "José" are one shopper
+    assert loaded.frame["user_id"].tolist() == ["Jos\u00e9", "Jos\u00e9"]
+
+
+def test_future_events_are_rejected_and_exact_duplicates_dropped():
+    events = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2"],
+            "timestamp": [1.7e9, 1.7e9, 1.7e9 + 1, "2100-01-01T00:00:00Z"],
+            "kind": "search",
+            "text": ["boots", "boots", "boots", "later"],
+        }
+    )
+    loaded = load_events(events)
+    assert loaded.frame["timestamp"].tolist() == [1.7e9, 1.7e9 + 1]
+    (rejection,) = loaded.report.rejections
+    assert rejection.field == "timestamp" and "future" in rejection.reason
+    assert loaded.report.n_duplicates == 1 and loaded.report.n_accepted == 2
+    assert "1 exact duplicates dropped" in loaded.report.summary()
+
+
+def test_terminal_escapes_are_stripped_from_text():
+    items = pd.DataFrame(
+        {"item_id": ["i1"], "title": ["\x1b[31mRed\x1b[0m coat\x07"], "description": ["a\nb"]}
+    )
+    row = load_catalog(items).frame.iloc[0]
+    assert row["title"] == "Red coat" and row["description"] == "a\nb"

@@ -1,24 +1,38 @@
-"""Read CSV, JSON Lines and Parquet files as a stream of row dicts with ``datasets``.
+"""Read CSV, JSON Lines and Parquet files as a stream of row dicts.
 
-Files stream (``streaming=True``): no copy of the data is cached on disk and memory stays
-flat however large the input. CSV columns are read as strings so that validation, not the
-CSV parser, decides what a bad value is.
+Files stream row by row (CSV and JSON Lines a line at a time, Parquet a record batch at a
+time): memory stays flat however large the input. Values keep the type the file gave them
+and nothing is inferred across rows: a CSV cell is a string, a JSON value is what the line
+says (``"007"`` stays the string ``"007"`` even after a numeric ``7`` on another line), so
+validation, not a parser's type inference, decides what a bad value is.
+
+What a user's spreadsheet tool writes is read as meant: a UTF-8 byte-order mark ("CSV UTF-8"
+from Excel) is dropped and header names are stripped of surrounding spaces. A JSON Lines
+line that does not parse (a truncated last line, a stray bracket) is yielded as a row that
+carries :data:`ROW_ERROR`, so validation quarantines that line alone with its line number
+and the other lines go on. An empty file (0 bytes, or nothing but a header) is an error that
+names the file.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "iter_rows", "read_columns"]
+__all__ = ["EXTRA_CELLS", "FORMATS", "ROW_ERROR", "iter_numbered_rows", "iter_rows", "read_columns"]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+#: Key of the row yielded for a line that could not be parsed; its value is the reason.
+ROW_ERROR = "__row_error__"
+#: Key under which a CSV row keeps the cells beyond its header's columns.
+EXTRA_CELLS = "__extra_cells__"
 
 
 def _format_of(path: Path) -> str:
@@ -30,14 +44,21 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
-def read_columns(path: str | os.PathLike[str]) -> list[str]:
-    """Column names of a file, without reading its rows."""
+def _checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
     path = Path(path)
     fmt = _format_of(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), expected a header or rows")
+    return path, fmt
+
+
+def read_columns(path: str | os.PathLike[str]) -> list[str]:
+    """Column names of a CSV or Parquet file, without reading its rows."""
+    path, fmt = _checked(path)
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
             header = next(csv.reader(fh), None)
         if not header:
             raise ValueError(f"{path}: empty file, expected a header row")
@@ -53,7 +74,8 @@ def read_columns(path: str | os.PathLike[str]) -> list[str]:
 
 
 def iter_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the rows of a CSV/JSONL/Parquet file as dicts, streaming.
+    """Yield the rows of a CSV/JSONL/Parquet file as dicts, streaming (row numbers:
+    :func:`iter_numbered_rows`).
 
     Invalid UTF-8 bytes are replaced by U+FFFD rather than failing the whole file, so the
     validator can quarantine just the rows that hold them.
@@ -63,34 +85,81 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If the file type is unsupported or the file cannot be parsed at all; the message
-        names the file.
+        If the file type is unsupported, the file is empty or cannot be parsed at all; the
+        message names the file.
     """
-    import datasets
+    for _, row in iter_numbered_rows(path):
+        yield row
 
-    path = Path(path)
-    fmt = _format_of(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    datasets.disable_progress_bars()
-    kwargs: dict[str, Any] = {}
+
+def iter_numbered_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number, row)`` pairs: data rows from 1 (CSV: the header excluded; JSON Lines:
+    the line number, blank lines skipped but counted)."""
+    path, fmt = _checked(path)
     if fmt == "csv":
-        names = read_columns(path)
-        kwargs = {
-            "features": datasets.Features({name: datasets.Value("string") for name in names}),
-            "keep_default_na": False,
-            "encoding_errors": "replace",
-        }
+        yield from _csv_rows(path)
     elif fmt == "json":
-        kwargs = {"encoding_errors": "replace"}
+        yield from _jsonl_rows(path)
+    else:
+        yield from _parquet_rows(path)
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, None)
+            if not header:
+                raise ValueError(f"{path}: empty file, expected a header row")
+            names = [h.strip() for h in header]
+            for number, cells in enumerate(reader, start=1):
+                if not cells:
+                    continue  # a blank line
+                row: dict[str, Any] = dict(zip(names, cells))
+                for name in names[len(cells) :]:
+                    row[name] = ""
+                if len(cells) > len(names):
+                    row[EXTRA_CELLS] = cells[len(names) :]
+                yield number, row
+        except csv.Error as exc:
+            raise ValueError(
+                f"{path}: cannot read as CSV at line {reader.line_num} ({exc})"
+            ) from exc
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                tail = " (a truncated last line?)" if not line.endswith("\n") else ""
+                yield number, {ROW_ERROR: f"not valid JSON: {exc.msg}{tail}", "line": line[:200]}
+                continue
+            if not isinstance(value, dict):
+                yield number, {ROW_ERROR: f"expected a JSON object, got {type(value).__name__}"}
+                continue
+            yield number, value
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
     try:
-        stream = datasets.load_dataset(
-            fmt, data_files=str(path), split="train", streaming=True, **kwargs
-        )
-        yield from stream
-    except (ValueError, OSError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc})") from exc
-    except Exception as exc:  # datasets wraps parser errors in its own types
-        if type(exc).__module__.startswith(("datasets", "pyarrow", "pandas")):
-            raise ValueError(f"{path}: cannot read as {fmt} ({type(exc).__name__}: {exc})") from exc
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read as parquet ({type(exc).__name__}: {exc})") from exc
+    number = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except Exception as exc:
+        if type(exc).__module__.startswith("pyarrow") or isinstance(exc, OSError):
+            raise ValueError(
+                f"{path}: cannot read as parquet ({type(exc).__name__}: {exc})"
+            ) from exc
         raise

@@ -8,10 +8,14 @@ all, or lacks a required column, raises.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
+import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from profiler.data.loading import iter_rows, read_columns
+from profiler.data.loading import EXTRA_CELLS, ROW_ERROR, iter_numbered_rows, read_columns
 from profiler.data.schema import (
     CATALOG_COLUMNS,
     CATALOG_REQUIRED,
@@ -72,6 +76,7 @@ class ValidationReport:
     n_rows: int
     rejections: tuple[Rejection, ...] = ()
     quarantine: Path | None = None
+    n_duplicates: int = 0  # exact duplicate rows dropped (events)
 
     @property
     def n_rejected(self) -> int:
@@ -79,13 +84,15 @@ class ValidationReport:
 
     @property
     def n_accepted(self) -> int:
-        return self.n_rows - self.n_rejected
+        return self.n_rows - self.n_rejected - self.n_duplicates
 
     def summary(self) -> str:
         text = (
             f"{self.file}: {self.n_rows} rows, {self.n_accepted} accepted, "
             f"{self.n_rejected} rejected"
         )
+        if self.n_duplicates:
+            text += f", {self.n_duplicates} exact duplicates dropped"
         if self.rejections:
             by_field = Counter(r.field for r in self.rejections)
             text += " (" + ", ".join(f"{f}: {n}" for f, n in by_field.most_common()) + ")"
@@ -132,6 +139,40 @@ def _text(value: Any, name: str, *, required: bool) -> str:
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))  # ids read as floats from a typed column: 12.0 -> "12"
     return text.strip()
+
+
+#: Longest id accepted (characters): ids are stored per row, and a 1 MB id is a mistake.
+MAX_ID_LENGTH = 256
+#: How far past the current time an event may be (clock skew); later ones are rejected.
+FUTURE_TOLERANCE_S = 86_400.0
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def _id(value: Any, name: str, *, required: bool) -> str:
+    """An id: text, NFC-normalised (look-alike NFC and NFD spellings are one id), with no
+    control characters, at most :data:`MAX_ID_LENGTH` characters."""
+    text = _text(value, name, required=required)
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs")), None)
+    if bad is not None:
+        raise _RowError(name, f"control or invisible character U+{ord(bad):04X} in the id")
+    text = unicodedata.normalize("NFC", text)
+    if len(text) > MAX_ID_LENGTH:
+        raise _RowError(name, f"id of {len(text)} characters, longer than {MAX_ID_LENGTH}")
+    return text
+
+
+def _display(value: Any, name: str, *, required: bool) -> str:
+    """Free text with terminal escape sequences and control characters other than line
+    breaks and tabs removed, so a title cannot drive the user's terminal."""
+    text = _text(value, name, required=required)
+    if not text:
+        return text
+    text = _ANSI.sub("", text)
+    kept = (c for c in text if c in "\n\r\t" or unicodedata.category(c) != "Cc")
+    cleaned = "".join(kept).strip()
+    if required and not cleaned:
+        raise _RowError(name, "missing value (only control characters)")
+    return cleaned
 
 
 def _number(value: Any, name: str, lo: float | None = None, hi: float | None = None) -> float:
@@ -189,18 +230,39 @@ def parse_timestamp(value: Any) -> float:
 # -- driving the validation ------------------------------------------------------------
 
 
-def _rows(source: Source, columns: Mapping[str, str] | None) -> tuple[str, Iterable[dict]]:
-    """Name of the source and an iterator over its rows with columns renamed."""
+def _rows(
+    source: Source, columns: Mapping[str, str] | None
+) -> tuple[str, Iterable[tuple[int, dict]]]:
+    """Name of the source and its ``(row number, row)`` pairs with columns renamed."""
     rename = dict(columns or {})
     if isinstance(source, pd.DataFrame):
-        name = "<DataFrame>"
         frame = source.rename(columns=rename)
-        records: Iterable[dict] = frame.to_dict(orient="records")
-        return name, records
+        return "<DataFrame>", enumerate(frame.to_dict(orient="records"), start=1)
     if type(source).__module__.startswith("datasets"):
-        return "<Dataset>", ({rename.get(k, k): v for k, v in r.items()} for r in source)
+        renamed = ({rename.get(k, k): v for k, v in r.items()} for r in source)
+        return "<Dataset>", enumerate(renamed, start=1)
     path = Path(source)
-    return str(path), ({rename.get(k, k): v for k, v in r.items()} for r in iter_rows(path))
+    pairs = iter_numbered_rows(path)
+    return str(path), ((n, {rename.get(k, k): v for k, v in r.items()}) for n, r in pairs)
+
+
+def _unreadable(record: Mapping[str, Any]) -> None:
+    """A row the reader could not parse, or with more cells than its header."""
+    if ROW_ERROR in record:
+        raise _RowError("row", str(record[ROW_ERROR]))
+    if EXTRA_CELLS in record:
+        extra = record[EXTRA_CELLS]
+        raise _RowError("row", f"{len(extra)} more cell(s) than the header has columns")
+
+
+def _check_seen_columns(name: str, seen: set[str], required: Iterable[str], n_rows: int) -> None:
+    """JSON Lines has no header: a required key absent from every row is a missing column."""
+    missing = [c for c in required if c not in seen]
+    if n_rows and seen and missing:  # no row parsed at all: the rejections say why
+        raise ValueError(
+            f"{name}: missing required column(s) {missing} in all {n_rows} rows; found "
+            f"{sorted(seen)} (map other names with columns={{'their_name': 'our_name'}})"
+        )
 
 
 def _check_columns(name: str, source: Source, required: Iterable[str], rename: Mapping) -> None:
@@ -307,30 +369,35 @@ def load_catalog(
     rejections: list[Rejection] = []
     extra: dict[str, None] = {}
     n_rows = 0
-    for n_rows, record in enumerate(records, start=1):
+    keys: set[str] = set()
+    for number, record in records:
+        n_rows += 1
+        keys.update(record)
         try:
-            item_id = _text(record.get("item_id"), "item_id", required=True)
+            _unreadable(record)
+            item_id = _id(record.get("item_id"), "item_id", required=True)
             if item_id in seen:
                 raise _RowError(
                     "item_id", f"duplicate item_id {item_id!r} (first at row {seen[item_id]})"
                 )
             row = {
                 "item_id": item_id,
-                "title": _text(record.get("title"), "title", required=True),
-                "description": _text(record.get("description"), "description", required=False),
-                "category": _text(record.get("category"), "category", required=False),
-                "brand": _text(record.get("brand"), "brand", required=False),
+                "title": _display(record.get("title"), "title", required=True),
+                "description": _display(record.get("description"), "description", required=False),
+                "category": _display(record.get("category"), "category", required=False),
+                "brand": _display(record.get("brand"), "brand", required=False),
                 "price": _number(record.get("price"), "price", 0.0, math.inf),
             }
             for key, value in record.items():
                 if key not in CATALOG_COLUMNS:
                     extra[key] = None
-                    row[key] = _text(value, key, required=False)
+                    row[key] = _display(value, key, required=False)
         except _RowError as err:
-            rejections.append(Rejection(name, n_rows, err.field, err.reason, record))
+            rejections.append(Rejection(name, number, err.field, err.reason, record))
             continue
-        seen[item_id] = n_rows
+        seen[item_id] = number
         rows.append(row)
+    _check_seen_columns(name, keys - {ROW_ERROR, "line"}, CATALOG_REQUIRED, n_rows)
     out_columns = [*CATALOG_COLUMNS, *extra]
     return _finish(name, rows, rejections, n_rows, _path(quarantine), out_columns)
 
@@ -368,29 +435,49 @@ def load_events(
     rows: list[dict] = []
     rejections: list[Rejection] = []
     n_rows = 0
-    for n_rows, record in enumerate(records, start=1):
+    keys: set[str] = set()
+    latest = time.time() + FUTURE_TOLERANCE_S
+    distinct: set[tuple] = set()
+    duplicates = 0
+    for number, record in records:
+        n_rows += 1
+        keys.update(record)
         try:
-            row = _event(record, known)
+            _unreadable(record)
+            row = _event(record, known, latest)
         except _RowError as err:
-            rejections.append(Rejection(name, n_rows, err.field, err.reason, record))
+            rejections.append(Rejection(name, number, err.field, err.reason, record))
             continue
+        key = tuple(row.values())
+        if key in distinct:  # the same event twice would count twice in her profile
+            duplicates += 1
+            continue
+        distinct.add(key)
         rows.append(row)
-    return _finish(name, rows, rejections, n_rows, _path(quarantine), list(EVENT_COLUMNS))
+    _check_seen_columns(name, keys - {ROW_ERROR, "line"}, EVENT_REQUIRED, n_rows)
+    if duplicates:
+        logger.warning("%s: %d exact duplicate events dropped", name, duplicates)
+    loaded = _finish(name, rows, rejections, n_rows, _path(quarantine), list(EVENT_COLUMNS))
+    report = dataclasses.replace(loaded.report, n_duplicates=duplicates)
+    return Loaded(loaded.frame, report)
 
 
-def _event(record: Mapping[str, Any], known: set[str] | None) -> dict[str, Any]:
-    user_id = _text(record.get("user_id"), "user_id", required=True)
+def _event(record: Mapping[str, Any], known: set[str] | None, latest: float) -> dict[str, Any]:
+    user_id = _id(record.get("user_id"), "user_id", required=True)
     try:
         timestamp = parse_timestamp(record.get("timestamp"))
     except ValueError as exc:
         raise _RowError("timestamp", str(exc)) from None
+    if timestamp > latest:
+        moment = datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+        raise _RowError("timestamp", f"{moment} is in the future (clock or unit error?)")
     kind = _text(record.get("kind"), "kind", required=True).lower()
     if kind not in EVENT_KINDS:
         raise _RowError("kind", f"unknown kind {kind!r}; expected one of {list(EVENT_KINDS)}")
-    item_id = _text(record.get("item_id"), "item_id", required=kind in KINDS_NEEDING_ITEM)
+    item_id = _id(record.get("item_id"), "item_id", required=kind in KINDS_NEEDING_ITEM)
     if item_id and known is not None and item_id not in known:
         raise _RowError("item_id", f"item {item_id!r} is not in the catalogue")
-    text = _text(record.get("text"), "text", required=kind in KINDS_NEEDING_TEXT)
+    text = _display(record.get("text"), "text", required=kind in KINDS_NEEDING_TEXT)
     rating = _number(record.get("rating"), "rating", *RATING_RANGE)
     return {
         "user_id": user_id,
