@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from profiler.jobs import DTYPES, EmbedJob
-from profiler.workspace import Results, Workspace
+from profiler.workspace import Results, UnknownUserError, Workspace
 
 logger = logging.getLogger("profiler")
 
@@ -321,7 +321,7 @@ def _for_each_user(args: argparse.Namespace, serve: Callable[[str], None]) -> in
     for number, user in enumerate(users, start=1):
         try:
             serve(user)
-        except KeyError:
+        except UnknownUserError:
             where = f" ({args.users} line {number})" if args.users else ""
             print(f"profiler: unknown user {user!r}{where}", file=sys.stderr)
             status = 1

@@ -61,7 +61,7 @@ from profiler.retrieval import (
 from profiler.storage import atomic_path, read_json, save_npy, write_json
 from profiler.vectors import FaissIndex, VectorIndex, load_index
 
-__all__ = ["FORMAT_VERSION", "Results", "Workspace", "item_document"]
+__all__ = ["FORMAT_VERSION", "Results", "UnknownUserError", "Workspace", "item_document"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,31 @@ class Results(NamedTuple):
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"item_id": self.ids, "score": self.scores, "title": self.titles})
+
+
+class UnknownUserError(KeyError):
+    """A user id the workspace has no events for (a ``KeyError``, naming the id)."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(f"unknown user {user!r}")
+        self.user = user
+
+
+#: What every manifest holds: section -> keys (a hand-edited or truncated one is refused).
+MANIFEST_KEYS = {"model": ("model_id", "dim"), "counts": ("items", "events", "users")}
+
+
+def _check_manifest(manifest: dict, path: Path) -> None:
+    for section, keys in MANIFEST_KEYS.items():
+        part = manifest.get(section)
+        if not isinstance(part, dict):
+            raise ValueError(f"{path}: no {section!r} section; rebuild the workspace")
+        missing = [k for k in keys if k not in part]
+        if missing:
+            raise ValueError(
+                f"{path}: {section!r} lacks {missing}; the manifest was edited or cut short: "
+                "rebuild the workspace"
+            )
 
 
 def item_document(row: pd.Series | dict) -> str:
@@ -746,6 +771,7 @@ class Workspace:
                 f"{manifest_path}: workspace format {manifest.get('format_version')!r}; "
                 f"this library reads format {FORMAT_VERSION}: rebuild it"
             )
+        _check_manifest(manifest, manifest_path)
         built_with = manifest["model"]["model_id"]
         base = manifest["model"].get("base_model_id", built_with)
         if model is not None and resolve_model(model).model_id != base:
@@ -855,10 +881,11 @@ class Workspace:
         return [self._results(ids, scores) for ids, scores in zip(hits.ids, hits.scores)]
 
     def user_events(self, user: str) -> pd.DataFrame:
-        """The user's events, oldest first; ``KeyError`` for an unknown user."""
+        """The user's events, oldest first; :class:`UnknownUserError` (a ``KeyError``) for
+        an unknown user."""
         rows = self._user_rows.get(user)
         if rows is None:
-            raise KeyError(f"unknown user {user!r}")
+            raise UnknownUserError(user)
         return self.events.iloc[rows]
 
     @property
@@ -993,7 +1020,7 @@ class Workspace:
     def similar_users(self, user: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` users whose profile vectors are closest to ``user``'s."""
         if user not in self.profiles:
-            raise KeyError(f"unknown user {user!r}")
+            raise UnknownUserError(user)
         if self.user_index is None or user not in self.user_index:
             return []
         hits = self.user_index.search(self.profiles[user].vector[None, :], k, exclude={user})

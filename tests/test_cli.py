@@ -88,3 +88,32 @@ def test_evaluate_writes_report(workspace, capsys):
     served = json.loads((workspace / "models" / "recommender.json").read_text())
     assert served["scorer"]["kind"] in {"blend", "lightgbm"}
     assert served["training"]["queries"] >= 0
+
+
+def test_only_unknown_users_are_reported_as_unknown(tmp_path):
+    """A KeyError from inside serving is a bug to surface, not an 'unknown user' line."""
+    import argparse
+
+    from profiler.workspace import UnknownUserError
+
+    args = argparse.Namespace(user="u1", users=None)
+
+    def unknown(user):
+        raise UnknownUserError(user)
+
+    def broken(user):
+        raise KeyError("centre_offsets")
+
+    assert cli._for_each_user(args, unknown) == 1
+    with pytest.raises(KeyError, match="centre_offsets"):
+        cli._for_each_user(args, broken)
+
+
+def test_a_cut_manifest_is_refused_naming_the_file(workspace, capsys):
+    manifest = workspace / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["model"]
+    manifest.write_text(json.dumps(data))
+    assert cli.main(["search", "--workspace", str(workspace), "boots"]) == 2
+    error = capsys.readouterr().err
+    assert "manifest.json" in error and "'model'" in error and "rebuild" in error
