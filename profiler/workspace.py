@@ -223,6 +223,7 @@ class Workspace:
         self._sentiment = None
         self._styles = None
         self._bands: np.ndarray | None = None
+        self._brands: np.ndarray | None = None
         self._tag_level: str | int | None = None
         self._overrides = None
         shown = items["display_title"] if "display_title" in items else items["title"]
@@ -509,7 +510,9 @@ class Workspace:
             return []
         rows_known = np.where(rows >= 0, rows, 0)
         out = []
-        brands = self.items["brand"].fillna("").astype(str).to_numpy()[rows_known]
+        if self._brands is None:
+            self._brands = self.items["brand"].fillna("").astype(str).to_numpy()
+        brands = self._brands[rows_known]
         brands = np.where(rows >= 0, brands, "")
         names = sorted({b for b in brands if b})
         bands = self._price_bands()[rows_known]
