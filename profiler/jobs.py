@@ -1,8 +1,8 @@
 """Sharded, resumable embedding jobs: text files in, float32 ``.npy`` shards out.
 
-A job streams its input with ``datasets`` (one file or a folder of CSV / JSON Lines /
-Parquet files, read in name order), cuts the valid rows into shards of ``shard_size``
-input rows, embeds each shard and writes, per shard::
+A job streams its input row by row (:mod:`profiler.data.loading`: one file or a folder of
+CSV / JSON Lines / Parquet files, read in name order), cuts the valid rows into shards of
+``shard_size`` input rows, embeds each shard and writes, per shard::
 
     shard-00000.ids.npy        the shard's ids (unicode), input order
     shard-00000.rejected.jsonl bad rows of the shard, with file, row, field and reason
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pandas as pd
 
-from profiler.data.loading import FORMATS, iter_rows, read_columns
+from profiler.data.loading import FORMATS, ROW_ERROR, iter_numbered_rows, read_columns
 from profiler.data.validation import json_safe
 from profiler.storage import read_json, save_npy, write_json, write_text
 
@@ -149,6 +149,8 @@ class _Rejected:
 def _check_row(
     file: Path, row: int, record: dict, id_column: str, text_column: str
 ) -> _Row | _Rejected:
+    if ROW_ERROR in record:  # a line the reader could not parse
+        return _Rejected(str(file), row, "row", str(record[ROW_ERROR]), record)
     item_id = record.get(id_column)
     text = record.get(text_column)
     if item_id is None or (isinstance(item_id, float) and np.isnan(item_id)):
@@ -357,7 +359,7 @@ class EmbedJob:
         rejected: list[_Rejected] = []
         index = seen = 0
         for file in files:
-            for row, record in enumerate(iter_rows(file), start=1):
+            for row, record in iter_numbered_rows(file):
                 checked = _check_row(file, row, record, self.id_column, self.text_column)
                 (rows if isinstance(checked, _Row) else rejected).append(checked)
                 seen += 1
