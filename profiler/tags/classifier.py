@@ -110,7 +110,11 @@ class TagClassifier:
         """Token ids of every window (with special tokens) and the text each belongs to."""
         size = self.max_length - 2
         step = size - size // 4
-        ids = self.tokenizer_(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        # whole texts on purpose (the windows cut them): no "longer than maximum" warning
+        encoded = self.tokenizer_(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )
+        ids = encoded["input_ids"]
         tok = self.tokenizer_
         first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
