@@ -720,22 +720,12 @@ class FaissIndex(VectorIndex):
         user index's structure saved its IVF training and ``nprobe`` tuning."""
         import faiss
 
-        twin = FaissIndex(
-            self.dim,
-            model_id=self.model_id,
-            factory=self.factory,
-            ann_threshold=self.ann_threshold,
-            target_recall=self.target_recall,
-            nprobe=self.nprobe,
-            seed=self.seed,
-            gpu=self.gpu,
-        )
+        # the settings and tuned state as a saved index records them
+        twin = self._from_manifest({"dim": self.dim, "model_id": self.model_id, **self._config()})
+        twin.gpu = self.gpu
         if self.structure_ != "Flat":
-            index = faiss.clone_index(self._index)
-            index.reset()
-            twin._index = index
-            twin.structure_, twin.nprobe_ = self.structure_, self.nprobe_
-            twin.tuned_recall_, twin.trained_size_ = self.tuned_recall_, self.trained_size_
+            twin._index = faiss.clone_index(self._index)
+            twin._index.reset()
         return twin
 
     def _tune_nprobe(
@@ -762,7 +752,8 @@ class FaissIndex(VectorIndex):
         queries = np.ascontiguousarray(vectors[rows])
         fetch = min(k + 1, len(vectors))
         _, exact_rows = faiss.knn(queries, vectors, fetch, metric=faiss.METRIC_INNER_PRODUCT)
-        truth = _drop_self(labels[exact_rows], labels[rows], k)
+        truth_rows = _drop_self(exact_rows, rows, k)  # rows of the true neighbours, -1: none
+        truth = np.where(truth_rows >= 0, labels[truth_rows], -1)
 
         def recall(nprobe: int) -> float:
             params = faiss.SearchParametersIVF(nprobe=nprobe)
@@ -771,7 +762,7 @@ class FaissIndex(VectorIndex):
 
         goal = min(1.0, self.target_recall + TUNE_MARGIN)
         nprobe = min(
-            nlist, max(1, _predicted_nprobe(ivf.quantizer, vectors, labels, queries, truth, goal))
+            nlist, max(1, _predicted_nprobe(ivf.quantizer, vectors, queries, truth_rows, goal))
         )
         score = recall(nprobe)
         while score < goal and nprobe < nlist:
@@ -934,26 +925,21 @@ def _gpu_resources():
 
 
 def _predicted_nprobe(
-    quantizer,
-    vectors: np.ndarray,
-    labels: np.ndarray,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    goal: float,
+    quantizer, vectors: np.ndarray, queries: np.ndarray, truth_rows: np.ndarray, goal: float
 ) -> int:
-    """Smallest ``nprobe`` at which the share of ``truth`` labels (``-1`` = none) whose IVF
-    list is among their query's first ``nprobe`` probed lists reaches ``goal``."""
+    """Smallest ``nprobe`` at which the share of true neighbours (``truth_rows``: rows of
+    ``vectors`` per query, ``-1`` = none) whose IVF list is among their query's first
+    ``nprobe`` probed lists reaches ``goal``."""
     nlist = quantizer.ntotal
     _, order = quantizer.search(queries, nlist)  # every list, in probe order
     rank = np.full((len(queries), nlist), nlist, dtype=np.int64)
     rows = np.repeat(np.arange(len(queries)), nlist)
     valid = order.ravel() >= 0
     rank[rows[valid], order.ravel()[valid]] = np.tile(np.arange(nlist), len(queries))[valid]
-    wanted = truth >= 0
+    wanted = truth_rows >= 0
     if not wanted.any():
         return 1
-    by_label = np.argsort(labels)
-    at = by_label[np.searchsorted(labels[by_label], truth[wanted])]
+    at = truth_rows[wanted]
     _, lists = quantizer.search(np.ascontiguousarray(vectors[at]), 1)  # where add put them
     needed = rank[np.nonzero(wanted)[0], lists[:, 0]] + 1
     return int(np.ceil(np.quantile(needed, goal, method="inverted_cdf")))

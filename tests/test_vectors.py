@@ -319,6 +319,23 @@ def test_tuned_nprobe_is_the_smallest_that_reaches_the_goal_by_real_search():
     assert index.tuned_recall_ >= goal
 
 
+def test_empty_like_keeps_the_trained_structure_without_the_vectors(clustered_data, ivf_index):
+    vectors, queries = clustered_data
+    twin = ivf_index.empty_like()
+    assert len(twin) == 0
+    assert (twin.structure_, twin.nprobe_, twin.trained_size_) == (
+        ivf_index.structure_,
+        ivf_index.nprobe_,
+        ivf_index.trained_size_,
+    )
+    twin.add([f"v{i}" for i in range(len(vectors))], vectors)
+    assert not twin.needs_optimize  # filled again: no training or tuning to do
+    np.testing.assert_array_equal(
+        twin.search(queries, k=10).ids, ivf_index.search(queries, k=10).ids
+    )
+    assert FaissIndex(64).empty_like().structure_ == "Flat"
+
+
 def test_ivf_save_load_keeps_tuned_nprobe_and_results(clustered_data, ivf_index, tmp_path):
     _, queries = clustered_data
     ivf_index.save(tmp_path, "items")
