@@ -554,7 +554,7 @@ class TwoStageRecommender(Recommender):
         model.set_state(state)
         return model
 
-    def fit_state(self, events: pd.DataFrame, template: VectorIndex | None = None) -> State:
+    def fit_state(self, events: pd.DataFrame, template: FaissIndex | None = None) -> State:
         return fit_state(
             self.builder_,
             events,
@@ -563,7 +563,7 @@ class TwoStageRecommender(Recommender):
             self.text_vectors_,
             self.channels_.trend_half_life_days,
             self.item_index_.model_id,
-            template if isinstance(template, FaissIndex) else None,
+            template,
         )
 
     def set_state(self, state: State) -> None:
@@ -694,7 +694,7 @@ def _quality(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def training_queries(
-    model: TwoStageRecommender, events: pd.DataFrame, template: VectorIndex | None = None
+    model: TwoStageRecommender, events: pd.DataFrame, template: FaissIndex | None = None
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], int, list[str]]:
     """Candidates and labels of training queries from ``events``, from two sources:
 
@@ -813,7 +813,7 @@ def _drop_last_item_event(events: pd.DataFrame, chosen: np.ndarray) -> pd.DataFr
 
 
 def train_scorer(
-    model: TwoStageRecommender, events: pd.DataFrame, template: VectorIndex | None = None
+    model: TwoStageRecommender, events: pd.DataFrame, template: FaissIndex | None = None
 ) -> tuple[Scorer, dict]:
     """Train blend and LightGBM on the events' own histories; keep the better one.
     ``template``: the serving user index, whose structure the training states reuse."""
