@@ -151,28 +151,26 @@ class TagClassifier:
         return torch.nn.functional.normalize(pooled, dim=1)
 
     def _window_logits(self, pieces: list[list[int]], batch_size: int = 64) -> np.ndarray:
-        import torch
-
-        out = np.empty((len(pieces), len(self.taxonomy_)), dtype=np.float32)
-        order = np.argsort([-len(p) for p in pieces], kind="stable")
-        self.encoder_.eval()
-        with torch.inference_mode():
-            for start in range(0, len(pieces), batch_size):
-                rows = order[start : start + batch_size]
-                logits = self.head_(self._pooled([pieces[r] for r in rows]))
-                out[rows] = logits.float().cpu().numpy()
-        return out
+        """The head's logits ``[windows, n_tags]``."""
+        return self._forward(pieces, batch_size, head=True)
 
     def _vectors(self, pieces: list[list[int]], batch_size: int = 64) -> np.ndarray:
+        """The pooled encoder vectors ``[windows, dim]`` (what the probe head is fitted on)."""
+        return self._forward(pieces, batch_size, head=False)
+
+    def _forward(self, pieces: list[list[int]], batch_size: int, *, head: bool) -> np.ndarray:
+        """Windows through the encoder (and the head), batched longest first, no gradients."""
         import torch
 
-        out = np.empty((len(pieces), self.encoder_.config.hidden_size), dtype=np.float32)
+        width = len(self.taxonomy_) if head else self.encoder_.config.hidden_size
+        out = np.empty((len(pieces), width), dtype=np.float32)
         order = np.argsort([-len(p) for p in pieces], kind="stable")
         self.encoder_.eval()
         with torch.inference_mode():
             for start in range(0, len(pieces), batch_size):
                 rows = order[start : start + batch_size]
-                out[rows] = self._pooled([pieces[r] for r in rows]).float().cpu().numpy()
+                pooled = self._pooled([pieces[r] for r in rows])
+                out[rows] = (self.head_(pooled) if head else pooled).float().cpu().numpy()
         return out
 
     # -- training -------------------------------------------------------------------------

@@ -24,6 +24,18 @@ __all__ = ["LexicalTagger"]
 
 logger = logging.getLogger(__name__)
 
+#: The two vocabularies: word 1-2 grams, and character 2-5 grams within word bounds.
+VECTORIZERS = {
+    "words": {"ngram_range": (1, 2), "min_df": 1},
+    "chars": {"analyzer": "char_wb", "ngram_range": (2, 5), "min_df": 2},
+}
+
+
+def _vectorizer(name: str, max_features: int | None = None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(sublinear_tf=True, max_features=max_features, **VECTORIZERS[name])
+
 
 class LexicalTagger:
     """Sublinear TF-IDF of word 1-2 grams and character 2-5 grams (within word bounds),
@@ -54,8 +66,6 @@ class LexicalTagger:
 
     def fit(self, texts: Sequence[str], targets: np.ndarray) -> LexicalTagger:
         """Fit on texts and multi-hot ``targets`` ``[n, n_tags]``."""
-        from scipy import sparse
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
         batch = check_texts(texts)
@@ -63,19 +73,9 @@ class LexicalTagger:
         if labels.ndim != 2 or labels.shape[0] != len(batch) or not len(batch):
             raise ValueError(f"targets must be [{len(batch)}, n_tags], got {labels.shape}")
         self.n_tags_ = labels.shape[1]
-        self.words_ = TfidfVectorizer(
-            sublinear_tf=True, ngram_range=(1, 2), min_df=1, max_features=self.max_features
-        )
-        self.chars_ = TfidfVectorizer(
-            sublinear_tf=True,
-            analyzer="char_wb",
-            ngram_range=(2, 5),
-            min_df=2,
-            max_features=self.max_features,
-        )
-        features = sparse.hstack(
-            [self.words_.fit_transform(batch), self.chars_.fit_transform(batch)]
-        ).tocsr()
+        self.words_ = _vectorizer("words", self.max_features).fit(batch)
+        self.chars_ = _vectorizer("chars", self.max_features).fit(batch)
+        features = self._features(batch)
         self.single_label_ = bool((labels.sum(axis=1) == 1).all())
         present = labels.sum(axis=0) > 0
         self.coef_ = np.zeros((self.n_tags_, features.shape[1]))
@@ -103,17 +103,20 @@ class LexicalTagger:
         )
         return self
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Scores ``[n, n_tags]``: log-probabilities (single-label) or per-tag log-odds."""
+    def _features(self, batch: list[str]):
+        """Both vocabularies' TF-IDF rows side by side (sparse)."""
         from scipy import sparse
 
+        return sparse.hstack([self.words_.transform(batch), self.chars_.transform(batch)]).tocsr()
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Scores ``[n, n_tags]``: log-probabilities (single-label) or per-tag log-odds."""
         if not hasattr(self, "coef_"):
             raise RuntimeError("this LexicalTagger is not fitted: call fit()")
         batch = check_texts(texts)
         if not batch:
             return np.empty((0, self.n_tags_))
-        features = sparse.hstack([self.words_.transform(batch), self.chars_.transform(batch)])
-        scores = np.asarray(features.tocsr() @ self.coef_.T) + self.intercept_
+        scores = np.asarray(self._features(batch) @ self.coef_.T) + self.intercept_
         return log_softmax(scores, axis=1) if self.single_label_ else scores
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -148,18 +151,12 @@ class LexicalTagger:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> LexicalTagger:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         directory = Path(directory)
         meta = read_json(directory / "lexical.json")
         tagger = cls(meta["C"], meta["max_features"], meta["seed"])
         tagger.single_label_, tagger.n_tags_ = bool(meta["single_label"]), int(meta["n_tags"])
-        settings = {
-            "words": {"ngram_range": (1, 2)},
-            "chars": {"analyzer": "char_wb", "ngram_range": (2, 5)},
-        }
-        for name, kwargs in settings.items():
-            vectorizer = TfidfVectorizer(sublinear_tf=True, **kwargs)
+        for name in VECTORIZERS:
+            vectorizer = _vectorizer(name)
             terms = meta["vocabularies"][name]
             vectorizer.vocabulary_ = {term: i for i, term in enumerate(terms)}
             vectorizer.idf_ = np.load(directory / f"lexical.{name}_idf.npy", allow_pickle=False)

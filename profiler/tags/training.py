@@ -156,31 +156,29 @@ class TagModel:
         """``"transformer"``, ``"lexical"`` or ``"stacked"``: what the weight serves."""
         return {1.0: "transformer", 0.0: "lexical"}.get(self.weight, "stacked")
 
-    def member_scores(
-        self, texts: Sequence[str], members: tuple[str, ...] = ("transformer", "lexical")
-    ) -> dict[str, np.ndarray]:
-        """Each member's log-scores ``[n, n_tags]``."""
-        out = {}
-        if "transformer" in members:
-            out["transformer"] = transformer_scores(self.classifier, texts)
-        if "lexical" in members:
-            out["lexical"] = self.lexical.logits(texts)
-        return out
-
     def predict_proba(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
         texts = list(texts)
-        members = tuple(
-            name
-            for name, share in (("transformer", self.weight), ("lexical", 1.0 - self.weight))
-            if share > 0
-        )
-        scores = self.member_scores(texts, members)
+        members = tuple(name for name, _ in _members(self.weight))
+        scores = member_scores(self.classifier, self.lexical, texts, members)
         probs = self.scaler.transform(_stack(scores, self.weight))
-        if len(self._zs_columns) and len(texts):
-            zero = self.zeroshot.predict_proba(
-                texts=None if vectors is not None else texts, vectors=vectors
-            )
-            probs[:, self._zs_columns] = zero[:, self._zs_columns]
+        return self.with_zero_shot(probs, texts=texts, vectors=vectors)
+
+    def with_zero_shot(
+        self,
+        probs: np.ndarray,
+        *,
+        texts: Sequence[str] | None = None,
+        vectors: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``probs`` with the zero-shot tagger's probabilities in the rare tags' columns
+        (a copy; ``vectors``, the texts' embeddings, spare encoding them again)."""
+        if not len(self._zs_columns) or not len(probs):
+            return probs
+        zero = self.zeroshot.predict_proba(
+            texts=None if vectors is not None else texts, vectors=vectors
+        )
+        probs = probs.copy()
+        probs[:, self._zs_columns] = zero[:, self._zs_columns]
         return probs
 
     def save(self, directory: str | os.PathLike[str]) -> None:
@@ -232,11 +230,28 @@ def transformer_scores(classifier: TagClassifier, texts: Sequence[str]) -> np.nd
     return log_softmax(scaled, axis=1) if classifier.single_label_ else scaled
 
 
+def member_scores(
+    classifier: TagClassifier,
+    lexical: LexicalTagger,
+    texts: Sequence[str],
+    members: tuple[str, ...] = ("transformer", "lexical"),
+) -> dict[str, np.ndarray]:
+    """Each named member's log-scores ``[n, n_tags]``."""
+    out = {}
+    if "transformer" in members:
+        out["transformer"] = transformer_scores(classifier, texts)
+    if "lexical" in members:
+        out["lexical"] = lexical.logits(texts)
+    return out
+
+
+def _members(weight: float) -> list[tuple[str, float]]:
+    """The stack's members that carry a share at transformer share ``weight``."""
+    return [(n, s) for n, s in (("transformer", weight), ("lexical", 1.0 - weight)) if s > 0]
+
+
 def _stack(scores: dict[str, np.ndarray], weight: float) -> np.ndarray:
-    total = 0.0
-    for name, share in (("transformer", weight), ("lexical", 1.0 - weight)):
-        if share > 0:
-            total = total + share * scores[name]
+    total = sum(share * scores[name] for name, share in _members(weight))
     return np.asarray(total, dtype=np.float64)
 
 
@@ -264,17 +279,16 @@ def _soft(targets: np.ndarray, single_label: bool) -> np.ndarray:
     return targets / np.maximum(targets.sum(axis=1, keepdims=True), 1)
 
 
-def choose_stack(
+def _stack_fits(
     scores: dict[str, np.ndarray], targets: np.ndarray, single_label: bool
-) -> tuple[float, TemperatureScaler, dict[str, float]]:
-    """The transformer share with the lowest calibrated validation log-loss, its
-    temperature and the loss at every share tried."""
+) -> dict[float, tuple[float, TemperatureScaler]]:
+    """For every share in :data:`STACK_WEIGHTS`: the temperature fitted to the stack and
+    the calibrated log-loss it reaches."""
     activation = "softmax" if single_label else "sigmoid"
     soft = _soft(targets, single_label)
-    losses: dict[str, float] = {}
-    best = (np.inf, 1.0, None)
-    for weight in STACK_WEIGHTS:
-        stacked = _stack(scores, float(weight))
+    fits = {}
+    for weight in map(float, STACK_WEIGHTS):
+        stacked = _stack(scores, weight)
         scaler = TemperatureScaler(activation=activation).fit(stacked, soft)
         probs = np.clip(scaler.transform(stacked), 1e-12, 1.0)
         if single_label:
@@ -283,10 +297,28 @@ def choose_stack(
             loss = float(
                 -(soft * np.log(probs) + (1 - soft) * np.log(np.clip(1 - probs, 1e-12, 1))).mean()
             )
-        losses[f"{weight:.1f}"] = loss
+        fits[weight] = (loss, scaler)
+    return fits
+
+
+def _pick_stack(
+    fits: dict[float, tuple[float, TemperatureScaler]],
+) -> tuple[float, TemperatureScaler, dict[str, float]]:
+    """The share with the lowest loss (the smallest share on a tie), its temperature and
+    the loss at every share."""
+    best = (np.inf, 1.0, None)
+    for weight, (loss, scaler) in fits.items():
         if loss < best[0] - 1e-9:
-            best = (loss, float(weight), scaler)
-    return best[1], best[2], losses
+            best = (loss, weight, scaler)
+    return best[1], best[2], {f"{w:.1f}": loss for w, (loss, _) in fits.items()}
+
+
+def choose_stack(
+    scores: dict[str, np.ndarray], targets: np.ndarray, single_label: bool
+) -> tuple[float, TemperatureScaler, dict[str, float]]:
+    """The transformer share with the lowest calibrated validation log-loss, its
+    temperature and the loss at every share tried."""
+    return _pick_stack(_stack_fits(scores, targets, single_label))
 
 
 def evaluate_tagger(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict:
@@ -381,13 +413,11 @@ def train_tags(
         device=device,
     ).fit(list(texts[train]), targets[train], taxonomy, validation=val_levels["text"])
     lexical = LexicalTagger(seed=seed).fit(list(texts[train]), targets[train])
-    single = classifier.single_label_
-
-    placeholder = TemperatureScaler(activation="softmax" if single else "sigmoid")
-    model = TagModel(classifier, lexical, 1.0, placeholder, None, zero_shot_tags, np.zeros(0))
 
     def scores_of(levels: dict) -> dict[str, dict[str, np.ndarray]]:
-        return {level: model.member_scores(t) for level, (t, _) in levels.items() if t}
+        return {
+            level: member_scores(classifier, lexical, t) for level, (t, _) in levels.items() if t
+        }
 
     val_scores, test_scores = scores_of(val_levels), scores_of(test_levels)
     pooled = {
@@ -395,7 +425,8 @@ def train_tags(
         for name in ("transformer", "lexical")
     }
     pooled_targets = np.concatenate([val_levels[level][1] for level in val_scores])
-    weight, scaler, losses = choose_stack(pooled, pooled_targets, single)
+    fits = _stack_fits(pooled, pooled_targets, classifier.single_label_)
+    weight, _, losses = _pick_stack(fits)
     logger.info(
         "stack: transformer share %.1f has the lowest validation log-loss %.4f (%s)",
         weight,
@@ -406,24 +437,17 @@ def train_tags(
     zeroshot = ZeroShotTagger(embedder, taxonomy.names, taxonomy.descriptions)
     val_vectors = embedder.encode(val_levels["text"][0])
     zeroshot.fit(val_vectors, val_levels["text"][1])
-    model.zeroshot = zeroshot
+    test_vectors = {level: embedder.encode(t) for level, (t, _) in test_levels.items() if t}
 
     systems = {"transformer": 1.0, "lexical": 0.0, "stacked": weight}
     report: list[dict] = []
     for name, share in systems.items():
-        activation = "softmax" if single else "sigmoid"
-        soft = _soft(pooled_targets, single)
-        fitted = (
-            scaler
-            if share == weight
-            else TemperatureScaler(activation=activation).fit(_stack(pooled, share), soft)
-        )
+        fitted = fits[share][1]
         candidate = TagModel(
             classifier, lexical, share, fitted, zeroshot, zero_shot_tags, np.zeros(len(taxonomy))
         )
-        val_probs = _with_zero_shot(
-            candidate, fitted.transform(_stack(val_scores["text"], share)), val_vectors
-        )
+        val_probs = fitted.transform(_stack(val_scores["text"], share))
+        val_probs = candidate.with_zero_shot(val_probs, vectors=val_vectors)
         candidate.thresholds = fit_thresholds(val_probs, val_levels["text"][1])
         if name == "stacked":
             model = candidate
@@ -431,8 +455,7 @@ def train_tags(
             if not level_texts:
                 continue
             probs = fitted.transform(_stack(test_scores[level], share))
-            vectors = embedder.encode(level_texts) if len(candidate._zs_columns) else None
-            probs = _with_zero_shot(candidate, probs, vectors)
+            probs = candidate.with_zero_shot(probs, vectors=test_vectors[level])
             report.append(
                 {
                     "system": name,
@@ -451,7 +474,7 @@ def train_tags(
     for level, (level_texts, level_targets) in test_levels.items():
         if not level_texts:
             continue
-        zero = zeroshot.predict_proba(vectors=embedder.encode(level_texts))
+        zero = zeroshot.predict_proba(vectors=test_vectors[level])
         report.append(
             {
                 "system": "zero-shot",
@@ -485,14 +508,6 @@ def train_tags(
         write_json(output / "report.json", report)
         write_text(output / "report.md", report_table(report))
     return model, report
-
-
-def _with_zero_shot(model: TagModel, probs: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
-    if len(model._zs_columns) and len(probs):
-        zero = model.zeroshot.predict_proba(vectors=vectors)
-        probs = probs.copy()
-        probs[:, model._zs_columns] = zero[:, model._zs_columns]
-    return probs
 
 
 def report_table(report: Sequence[dict]) -> str:

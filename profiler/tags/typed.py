@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from profiler import metrics
 from profiler.storage import read_json, save_npy, write_json
 
 __all__ = ["BUNDLED_STYLES", "PRICE_BANDS", "StyleTagger", "item_price_bands", "load_styles"]
@@ -103,13 +104,11 @@ class StyleTagger:
         self, styles: list[dict], item_texts: Sequence[str], item_vectors: np.ndarray, embedder
     ) -> StyleTagger:
         from profiler.tags.calibration import PlattScaler, fit_thresholds
+        from profiler.tags.zeroshot import ZeroShotTagger
 
         self.names_ = [s["name"] for s in styles]
-        tag_texts = [
-            f"{s['name']}: {s['description']}" if s["description"] else s["name"] for s in styles
-        ]
-        tag_vectors = embedder.encode(tag_texts)
-        cosine = np.asarray(item_vectors, dtype=np.float32) @ tag_vectors.T
+        zeroshot = ZeroShotTagger(embedder, self.names_, [s["description"] for s in styles])
+        cosine = zeroshot.scores(vectors=item_vectors)  # each item against "name: description"
         lowered = [str(t).lower() for t in item_texts]
         self.item_probs_ = np.zeros_like(cosine)
         self.thresholds_ = np.ones(len(styles))
@@ -123,9 +122,8 @@ class StyleTagger:
                 probs = scaler.transform(cosine[:, j])
                 self.item_probs_[:, j] = probs
                 self.thresholds_[j] = fit_thresholds(probs[:, None], weak[:, None])[0]
-                decided = probs >= self.thresholds_[j]
-                tp = float((decided & (weak == 1)).sum())
-                f1 = 2 * tp / max(decided.sum() + weak.sum(), 1)
+                decided = (probs >= self.thresholds_[j]).astype(np.int8)
+                f1, _ = metrics.multilabel_f1(weak[:, None], decided[:, None])
                 entry.update(threshold=float(self.thresholds_[j]), weak_f1=round(f1, 4))
             else:
                 entry.update(threshold=None, weak_f1=None)  # nothing to calibrate on
