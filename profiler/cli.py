@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from profiler.jobs import DTYPES, EmbedJob
 from profiler.workspace import Results, UnknownUserError, Workspace
 
@@ -482,16 +480,17 @@ def cmd_train_sentiment(args: argparse.Namespace) -> int:
 
 
 def cmd_sentiment(args: argparse.Namespace) -> int:
+    from profiler.sentiment import summarise
+
     ws = Workspace.open(args.workspace, show_progress_bar=False)
     texts = args.text if args.text is not None else _read_user_file(args.texts)
     probs = ws.sentiment.predict_proba(texts)
-    for text, row in zip(texts, probs):
-        rating, negative = float(row @ np.arange(1, 6)), float(row[:2].sum())
+    for text, row, rating, negative in zip(texts, probs, *summarise(probs)):
         if args.json:
             record = {
                 "text": text,
-                "rating": round(rating, 3),
-                "negative": round(negative, 4),
+                "rating": round(float(rating), 3),
+                "negative": round(float(negative), 4),
                 "probabilities": [round(float(p), 4) for p in row],
             }
             print(json.dumps(record, ensure_ascii=False))

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler.storage import read_json, write_json
+from profiler.storage import write_json
 from profiler.tags.classifier import TagClassifier
 from profiler.tags.taxonomy import Tag, Taxonomy
 
-__all__ = ["RATINGS", "SentimentModel", "evaluate_sentiment", "vader_scores"]
+__all__ = ["RATINGS", "SentimentModel", "evaluate_sentiment", "summarise", "vader_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ class SentimentModel:
 
     def predict(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Expected rating and ``P(1 or 2 stars)`` of each text."""
-        probs = self.predict_proba(texts)
-        return probs @ np.asarray(RATINGS, dtype=np.float64), probs[:, :2].sum(axis=1)
+        return summarise(self.predict_proba(texts))
 
     def save(self, directory: str | os.PathLike[str], report: dict | None = None) -> None:
         directory = Path(directory)
@@ -129,9 +128,10 @@ class SentimentModel:
             )
         return cls(TagClassifier.load(directory, device=device))
 
-    @staticmethod
-    def report(directory: str | os.PathLike[str]) -> dict:
-        return read_json(Path(directory) / "report.json")
+
+def summarise(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected rating and ``P(1 or 2 stars)`` of rating distributions ``[n, 5]``."""
+    return probs @ np.asarray(RATINGS, dtype=np.float64), probs[:, :2].sum(axis=1)
 
 
 def vader_scores(texts: Sequence[str]) -> np.ndarray:
@@ -160,14 +160,14 @@ def evaluate_sentiment(
     predicting the ``majority`` rating. The AUC leaves 3-star reviews out."""
     stars = np.asarray(stars, dtype=int)
     probs = model.predict_proba(texts)
-    expected = probs @ np.asarray(RATINGS, dtype=np.float64)
+    expected, negative_probs = summarise(probs)
     polar = stars != 3
     negative = stars[polar] <= 2
     rows = {
         "model": {
             "accuracy": float(np.mean(probs.argmax(axis=1) + 1 == stars)),
             "mae": float(np.mean(np.abs(expected - stars))),
-            "roc_auc_negative": _auc(probs[polar, :2].sum(axis=1), negative),
+            "roc_auc_negative": _auc(negative_probs[polar], negative),
         },
         "majority": {
             "accuracy": float(np.mean(stars == majority)),
