@@ -300,15 +300,14 @@ class Workspace:
             self._sentiment = SentimentModel.load(self.sentiment_dir)
         return self._sentiment
 
-    def _own_rating(self, events: pd.DataFrame | None = None) -> np.ndarray:
+    def _own_rating(self) -> np.ndarray:
         """Reviews with text and a rating the shopper gave (not a predicted one)."""
-        events = self.events if events is None else events
-        predicted = events.get("rating_predicted", pd.Series(False, index=events.index))
+        events = self.events  # _set_events gave every row its rating_predicted flag
         return (
             (events["kind"] == "review")
             & (events["text"] != "")
             & events["rating"].notna()
-            & ~predicted.astype(bool)
+            & ~events["rating_predicted"]
         ).to_numpy()
 
     def _predict_ratings(self, events: pd.DataFrame) -> int:
@@ -643,13 +642,13 @@ class Workspace:
             )
             event_frame = events_loaded.frame.sort_values("timestamp", kind="stable")
             event_frame = event_frame.reset_index(drop=True)
-            sentiment_dir = path / "models" / "sentiment"
-            if sentiment_dir.is_dir():  # trained here before: reviews without stars get some
+            sentiment = None
+            if (path / "models" / "sentiment").is_dir():
+                # a model trained here before: reviews without stars get predicted ones
                 from profiler.sentiment import SentimentModel
 
-                predict_ratings(event_frame, SentimentModel.load(sentiment_dir))
-            else:
-                predict_ratings(event_frame, None)
+                sentiment = SentimentModel.load(path / "models" / "sentiment")
+                predict_ratings(event_frame, sentiment)
 
             embedder = _workspace_embedder(
                 embedder,
@@ -702,6 +701,7 @@ class Workspace:
                 },
             }
             ws = cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
+            ws._sentiment = sentiment
             corpus = ws._corpus_with(item_vectors)
             if index.needs_optimize:
                 # the ranker's training queries search this index thousands of times: give
