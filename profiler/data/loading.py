@@ -24,15 +24,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXTRA_CELLS", "FORMATS", "ROW_ERROR", "iter_numbered_rows", "iter_rows", "read_columns"]
+__all__ = [
+    "EXTRA_CELLS",
+    "FORMATS",
+    "READER_KEYS",
+    "ROW_ERROR",
+    "ROW_TEXT",
+    "iter_numbered_rows",
+    "iter_rows",
+    "read_columns",
+]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 #: Key of the row yielded for a line that could not be parsed; its value is the reason.
 ROW_ERROR = "__row_error__"
+#: Key of the same row holding the start of the line as read (for the quarantine).
+ROW_TEXT = "__row_text__"
 #: Key under which a CSV row keeps the cells beyond its header's columns.
 EXTRA_CELLS = "__extra_cells__"
+#: Keys the reader adds to rows; never a column of the file.
+READER_KEYS = frozenset({ROW_ERROR, ROW_TEXT, EXTRA_CELLS})
 
 
 def _format_of(path: Path) -> str:
@@ -136,7 +149,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 tail = " (a truncated last line?)" if not line.endswith("\n") else ""
-                yield number, {ROW_ERROR: f"not valid JSON: {exc.msg}{tail}", "line": line[:200]}
+                yield number, {ROW_ERROR: f"not valid JSON: {exc.msg}{tail}", ROW_TEXT: line[:200]}
                 continue
             if not isinstance(value, dict):
                 yield number, {ROW_ERROR: f"expected a JSON object, got {type(value).__name__}"}

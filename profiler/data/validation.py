@@ -8,7 +8,6 @@ all, or lacks a required column, raises.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -26,7 +25,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from profiler.data.loading import EXTRA_CELLS, ROW_ERROR, iter_numbered_rows, read_columns
+from profiler.data.loading import (
+    EXTRA_CELLS,
+    READER_KEYS,
+    ROW_ERROR,
+    iter_numbered_rows,
+    read_columns,
+)
 from profiler.data.schema import (
     CATALOG_COLUMNS,
     CATALOG_REQUIRED,
@@ -257,6 +262,7 @@ def _unreadable(record: Mapping[str, Any]) -> None:
 
 def _check_seen_columns(name: str, seen: set[str], required: Iterable[str], n_rows: int) -> None:
     """JSON Lines has no header: a required key absent from every row is a missing column."""
+    seen = seen - READER_KEYS
     missing = [c for c in required if c not in seen]
     if n_rows and seen and missing:  # no row parsed at all: the rejections say why
         raise ValueError(
@@ -327,10 +333,11 @@ def _finish(
     n_rows: int,
     quarantine: Path | None,
     columns: list[str],
+    n_duplicates: int = 0,
 ) -> Loaded:
     written = _write_quarantine(quarantine, rejections)
-    report = ValidationReport(name, n_rows, tuple(rejections), written)
-    log = logger.warning if rejections else logger.info
+    report = ValidationReport(name, n_rows, tuple(rejections), written, n_duplicates)
+    log = logger.warning if rejections or n_duplicates else logger.info
     log("%s", report.summary())
     for rejection in rejections[:5]:
         logger.warning("  %s", rejection)
@@ -397,7 +404,7 @@ def load_catalog(
             continue
         seen[item_id] = number
         rows.append(row)
-    _check_seen_columns(name, keys - {ROW_ERROR, "line"}, CATALOG_REQUIRED, n_rows)
+    _check_seen_columns(name, keys, CATALOG_REQUIRED, n_rows)
     out_columns = [*CATALOG_COLUMNS, *extra]
     return _finish(name, rows, rejections, n_rows, _path(quarantine), out_columns)
 
@@ -454,12 +461,10 @@ def load_events(
             continue
         distinct.add(key)
         rows.append(row)
-    _check_seen_columns(name, keys - {ROW_ERROR, "line"}, EVENT_REQUIRED, n_rows)
-    if duplicates:
-        logger.warning("%s: %d exact duplicate events dropped", name, duplicates)
-    loaded = _finish(name, rows, rejections, n_rows, _path(quarantine), list(EVENT_COLUMNS))
-    report = dataclasses.replace(loaded.report, n_duplicates=duplicates)
-    return Loaded(loaded.frame, report)
+    _check_seen_columns(name, keys, EVENT_REQUIRED, n_rows)
+    return _finish(
+        name, rows, rejections, n_rows, _path(quarantine), list(EVENT_COLUMNS), duplicates
+    )
 
 
 def _event(record: Mapping[str, Any], known: set[str] | None, latest: float) -> dict[str, Any]:
