@@ -30,16 +30,15 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     ...     faiss.write_index(index, str(tmp))
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        # mkstemp makes the file owner-only; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        # owner-only (mkstemp's 0600, kept even if the writer recreated the file): a
+        # workspace holds what shoppers did
+        os.chmod(tmp, 0o600)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,28 +1,36 @@
 """The persisted workspace: one directory that the CLI, scripts, notebooks and jobs share.
 
-Layout (see ``index/README.md``)::
+Layout (see ``index/README.md`` and :mod:`profiler.store`)::
 
-    manifest.json          format version, library version, model id + dim, counts
-    items.parquet          the validated catalogue
-    items.faiss, items.ids.npy, items.labels.npy, items.json   item vectors (FAISS)
-    events.parquet         validated events; ``text_row`` points into event_vectors.npy
-    event_vectors.npy      one vector per distinct event text
+    CURRENT                names the published generation (replaced last, atomically)
+    generations/<id>/      one consistent state, every file checksummed in its manifest:
+      manifest.json        format version, model id + dim, counts, privacy, files, artifacts
+      items.parquet        the validated catalogue
+      items.faiss, items.ids.npy, items.labels.npy, items.json   item vectors (FAISS)
+      events.parquet       validated events under pseudonymous user ids; ``text_row``
+                           points into event_vectors.npy
+      event_vectors.npy    one vector per distinct (scrubbed) event text
+      profiles.*, users.*, interactions.*, lexical/, models/   profiles, user index,
+                           counts, BM25, ranker, tag and sentiment models
+      overrides.json       pinned and removed tags per shopper
     embeddings/            vector cache keyed by (model id, text hash)
-    quarantine/            rejected input rows with file, row, field and reason
+    quarantine/            rejected input rows (scrubbed) with file, row, field and reason
+    privacy.key            the key of the user-id pseudonyms (0600)
 
-Every file is written atomically and the manifest last, so a crashed build leaves the
-previous workspace readable. Open once (model and indexes loaded once), then make many
-cheap calls.
+A write stages a new generation and publishes it in one step, so a crash or a kill leaves
+the previous state or the new one, never a mix; readers keep the generation they opened.
+Open once (model and indexes loaded once), then make many cheap calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import functools
 import logging
 import os
+import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +42,7 @@ import pandas as pd
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
 from profiler.jobs import ShardedEmbeddings
+from profiler.privacy import PrivacyPolicy, Pseudonymizer, Scrubber
 from profiler.profiles import (
     ProfileBuilder,
     ProfileConfig,
@@ -59,13 +68,16 @@ from profiler.retrieval import (
     LexicalIndex,
 )
 from profiler.storage import atomic_path, read_json, save_npy, write_json
+from profiler.store import Generation, Lease, Store
 from profiler.vectors import FaissIndex, VectorIndex, load_index
 
 __all__ = ["FORMAT_VERSION", "Results", "UnknownUserError", "Workspace", "item_document"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: two-stage recommender state (interactions, lexical/, models/ranker)
+# 2: two-stage recommender state (interactions, lexical/, models/ranker)
+# 3: generations with checksums, pseudonymous user ids, scrubbed text
+FORMAT_VERSION = 3
 
 
 class Results(NamedTuple):
@@ -165,19 +177,72 @@ def _first_sentence(text: str, limit: int = 60) -> str:
     return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the workspace so two builds never interleave writes."""
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{path}: another process is writing this workspace") from None
+class _ReadWriteLock:
+    """Many readers or one writer, in one process; a thread holding the write side may
+    also read (a writer calls read methods), and waiting writers hold back new readers
+    so that a stream of queries cannot starve an update."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer: int | None = None
+        self._waiting = 0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        me = threading.get_ident()
+        depth = getattr(self._local, "depth", 0)
+        if self._writer == me or depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        with self._cond:
+            while self._writer is not None or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        self._local.depth = 1
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            self._local.depth = 0
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._writer == me:
+            yield
+            return
+        with self._cond:
+            self._waiting += 1
+            while self._writer is not None or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = me
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = None
+                self._cond.notify_all()
+
+
+def _reads(method):
+    """Run a query method under the workspace's read lock (updates wait for it)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._rw.read():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _version() -> str:
@@ -211,8 +276,17 @@ class Workspace:
         embedder: Embedder,
         model: TwoStageRecommender | None = None,
         profile_config: ProfileConfig | None = None,
+        *,
+        data: Path | None = None,
+        lease: Lease | None = None,
+        privacy: PrivacyPolicy | None = None,
     ) -> None:
         self.path = path
+        self.store = Store(path)
+        self.data = data if data is not None else path  # the open generation's directory
+        self._lease = lease
+        self.privacy = privacy if privacy is not None else PrivacyPolicy(None, Scrubber(()))
+        self._rw = _ReadWriteLock()
         self.manifest = manifest
         self.items = items
         self.item_index = item_index
@@ -231,11 +305,74 @@ class Workspace:
         self._categories = dict(zip(items["item_id"], items["category"].fillna("")))
         self._set_events(events, event_vectors)
 
+    # -- generations ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self, *, carry=None, drop=(), exclusive: bool = True) -> Iterator[Path]:
+        """Stage a new generation from the open one (files linked from it: all, less
+        ``drop``, or only ``carry``), yield its directory to write into, and publish it
+        when the block succeeds. Queries in other threads wait while the block runs
+        (``exclusive``: it changes in-memory state) or only while it is published."""
+        if self.item_index.read_only:
+            raise ValueError(
+                f"{self.path}: opened with mmap=True, read-only; open it without mmap to change it"
+            )
+        with self.store.write_lock():
+            current = self.store.current()
+            if self._lease is not None and (
+                current is None or current.id != self._lease.generation.id
+            ):
+                raise RuntimeError(
+                    f"{self.path}: another process published a new state of this workspace "
+                    "since it was opened here; open it again before changing it"
+                )
+            staged = self.store.stage(carry, drop=drop)
+            try:
+                with self._rw.write() if exclusive else contextlib.nullcontext():
+                    yield staged.dir
+                with self._rw.write():
+                    self.manifest["updated"] = _now()
+                    self._publish(staged, self.manifest)
+            except BaseException:
+                self.store.discard(staged)
+                raise
+            self.store.clean()
+
+    def _publish(self, staged: Generation, manifest: dict) -> None:
+        published, self.manifest = self.store.publish(staged, manifest)
+        lease = self.store.hold(published)
+        if self._lease is not None:
+            self._lease.release()
+        self._lease, self.data = lease, published.dir
+
+    @property
+    def generation(self) -> str | None:
+        """The id of the generation this workspace has open."""
+        return self.manifest.get("generation")
+
+    def close(self) -> None:
+        """Let go of the open generation (a later writer may then delete it)."""
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    def stored_id(self, user: str) -> str:
+        """The stored id of a shopper given by her raw id (or already by her pseudonym);
+        :class:`UnknownUserError` names the id as given."""
+        if not isinstance(user, str):
+            raise TypeError(f"user ids are strings, got {type(user).__name__} {user!r}")
+        stored = self.privacy.user(unicodedata.normalize("NFC", user))
+        if stored in self._user_rows:
+            return stored
+        if user in self._user_rows:
+            return user
+        raise UnknownUserError(user)
+
     # -- review sentiment -----------------------------------------------------------------
 
     @property
     def sentiment_dir(self) -> Path:
-        return self.path / "models" / "sentiment"
+        return self.data / "models" / "sentiment"
 
     def train_sentiment(
         self,
@@ -273,23 +410,44 @@ class Workspace:
             rated = self.events[self._own_rating()]
             texts, ratings = list(rated["text"]), list(rated["rating"])
             groups = list(rated["user_id"])
-        with _locked(self.path):
-            sentiment, report = SentimentModel.train(
-                texts,
-                ratings,
-                groups,
-                base_model=model,
-                epochs=epochs,
-                max_length=max_length,
-                seed=seed,
-            )
-            sentiment.save(self.sentiment_dir, report)
+        sentiment, report = SentimentModel.train(
+            texts,
+            ratings,
+            groups,
+            base_model=model,
+            epochs=epochs,
+            max_length=max_length,
+            seed=seed,
+        )
+        with self._writing(drop=["models/sentiment"]) as staged:
+            sentiment.save(staged / "models" / "sentiment", report)
+            self._register(staged, "models/sentiment", data)
             self._sentiment = sentiment
-            if self._predict_ratings(self.events):  # profiles, counts: refit on them
+            events = self.events.copy()
+            if predict_ratings(events, sentiment):  # profiles, counts: refit on them
+                self._set_events(events, self.event_vectors)
                 recommender = self.recommender
                 recommender.set_state(recommender.fit_state(self.events))
-                self._save_state()
+                self._save_state(staged)
         return report
+
+    def _register(self, staged: Path, artifact: str, data) -> None:
+        """Record what a derived model was trained from in the manifest's artifact
+        registry: a file, or this workspace's own catalogue and events (then a rebuild
+        with another catalogue marks it stale, and forgetting a shopper who contributed
+        removes it)."""
+        from profiler.store import file_digest
+
+        source = (
+            {"file": str(data), "blake2b": file_digest(Path(data))["blake2b"]}
+            if data is not None and Path(data).is_file()
+            else {"workspace": self.generation}
+        )
+        self.manifest.setdefault("artifacts", {})[artifact] = {
+            "built_from": source,
+            "catalogue": self.manifest["catalogue"],
+            "trained": _now(),
+        }
 
     @property
     def sentiment(self):
@@ -313,13 +471,14 @@ class Workspace:
     def _predict_ratings(self, events: pd.DataFrame) -> int:
         """Fill the ratings of reviews with text but no rating of their own from the
         sentiment model, in place, marking them ``rating_predicted``; returns how many."""
-        return predict_ratings(events, self.sentiment if self.sentiment_dir.is_dir() else None)
+        trained = self._sentiment is not None or self.sentiment_dir.is_dir()
+        return predict_ratings(events, self.sentiment if trained else None)
 
     # -- interest tags --------------------------------------------------------------------
 
     @property
     def tags_dir(self) -> Path:
-        return self.path / "models" / "tags"
+        return self.data / "models" / "tags"
 
     def train_tags(
         self,
@@ -368,12 +527,13 @@ class Workspace:
             )
         else:
             vocabulary = Taxonomy.from_categories(self.items["category"].fillna(""), level=level)
-        with _locked(self.path):
+        with self._writing(drop=["models/tags"], exclusive=False) as staged:
+            tags_dir = staged / "models" / "tags"
             tagger, report = train_tags(
                 examples,
                 vocabulary,
                 self.embedder,
-                output=self.tags_dir,
+                output=tags_dir,
                 base_model=model,
                 epochs=epochs,
                 batch_size=batch_size,
@@ -382,7 +542,7 @@ class Workspace:
                 seed=seed,
             )
             write_json(
-                self.tags_dir / "tagging.json",
+                tags_dir / "tagging.json",
                 {
                     "level": level,
                     "from_file": data is not None,
@@ -395,7 +555,6 @@ class Workspace:
                     "learning_rate": learning_rate,
                 },
             )
-            (self.tags_dir / "styles.json").unlink(missing_ok=True)
             if styles is not None:
                 from profiler.tags.typed import StyleTagger, load_styles
 
@@ -404,11 +563,11 @@ class Workspace:
                 style_tagger = StyleTagger().fit(
                     load_styles(styles), documents, self.item_index.get(ids), self.embedder
                 )
-                style_tagger.save(self.tags_dir)
+                style_tagger.save(tags_dir)
                 report.append({"system": "styles", "level": "item", "styles": style_tagger.report_})
-        self._tag_model = None
-        self._tag_level = None
-        self._styles = None
+            self._register(staged, "models/tags", data)
+        with self._rw.write():
+            self._tag_model = self._tag_level = self._styles = None
         return report
 
     @property
@@ -431,7 +590,7 @@ class Workspace:
         if self._overrides is None:
             from profiler.tags.users import TagOverrides
 
-            self._overrides = TagOverrides.load(self.tags_dir / "overrides.json")
+            self._overrides = TagOverrides.load(self.data / "overrides.json")
         return self._overrides
 
     @property
@@ -441,6 +600,7 @@ class Workspace:
             self._tag_level = read_json(self.tags_dir / "tagging.json").get("level", "top")
         return self._tag_level
 
+    @_reads
     def tags(
         self,
         user: str | None = None,
@@ -461,6 +621,7 @@ class Workspace:
         model = self.tag_model
         names = model.taxonomy.names
         if user is not None:
+            user = self.stored_id(user)
             events = self.user_events(user)
             builder = ProfileBuilder(self.profile_config)
             evidence = event_evidence(builder, events, self.item_index, self.event_vectors)
@@ -550,19 +711,19 @@ class Workspace:
 
     def pin_tag(self, user: str, tag: str) -> None:
         """Always show ``tag`` for ``user`` and steer her recommendations toward it."""
-        self.user_events(user)
-        self.tag_model.taxonomy.index(tag)
-        overrides = self.tag_overrides()
-        overrides.pin(user, tag)
-        overrides.save()
+        self._override(user, tag, pin=True)
 
     def remove_tag(self, user: str, tag: str) -> None:
         """Never show ``tag`` for ``user`` and keep its items out of her recommendations."""
-        self.user_events(user)
+        self._override(user, tag, pin=False)
+
+    def _override(self, user: str, tag: str, *, pin: bool) -> None:
+        stored = self.stored_id(user)
         self.tag_model.taxonomy.index(tag)
-        overrides = self.tag_overrides()
-        overrides.remove(user, tag)
-        overrides.save()
+        with self._writing(drop=["overrides.json"]) as staged:
+            overrides = self.tag_overrides()
+            (overrides.pin if pin else overrides.remove)(stored, tag)
+            overrides.save(staged / "overrides.json")
 
     def _set_events(self, events: pd.DataFrame, event_vectors: np.ndarray) -> None:
         # workspaces built before sentiment have no flag: none of their ratings is predicted
@@ -594,6 +755,8 @@ class Workspace:
         item_vectors: str | os.PathLike[str] | ShardedEmbeddings | None = None,
         backend: str = "auto",
         dtype: str | None = None,
+        pseudonymize: bool = True,
+        scrub: str | Sequence[str] | Scrubber | None = "all",
     ) -> Workspace:
         """Validate inputs, embed items and event texts, index items, persist everything.
 
@@ -627,9 +790,24 @@ class Workspace:
             :class:`profiler.jobs.ParquetVectors`). A file records no model, so its
             vectors are taken as the workspace model's: only their dimension is checked,
             and non-unit rows are L2-normalised. Items they lack are embedded here.
+        pseudonymize : bool
+            Store user ids as keyed pseudonyms (default; see :mod:`profiler.privacy`).
+            Raw ids still work everywhere in the API and the CLI.
+        scrub : str or list, optional
+            Personal data removed from event texts before they are embedded or stored:
+            ``"all"`` (default: e-mail, card, phone, address), ``"none"``, or a list of
+            those kinds.
+
+        The result is published as one new generation (:mod:`profiler.store`): a build
+        killed midway leaves the previous workspace as it was.
         """
         path = Path(path)
-        with _locked(path):
+        store = Store(path)
+        with store.write_lock():
+            privacy = PrivacyPolicy(
+                Pseudonymizer.for_workspace(path) if pseudonymize else None,
+                scrub if isinstance(scrub, Scrubber) else Scrubber.parse(scrub),
+            )
             quarantine = path / "quarantine"
             items = load_catalog(catalog, columns=columns, quarantine=quarantine / "catalog.jsonl")
             if items.frame.empty:
@@ -639,100 +817,155 @@ class Workspace:
                 items=items.frame["item_id"],
                 columns=columns,
                 quarantine=quarantine / "events.jsonl",
+                privacy=privacy,
             )
             event_frame = events_loaded.frame.sort_values("timestamp", kind="stable")
             event_frame = event_frame.reset_index(drop=True)
-            sentiment = None
-            if (path / "models" / "sentiment").is_dir():
-                # a model trained here before: reviews without stars get predicted ones
-                from profiler.sentiment import SentimentModel
+            previous = _previous_manifest(store)
+            # models trained separately (tags, sentiment) and tag overrides carry over
+            staged = store.stage(carry=["models/tags", "models/sentiment", "overrides.json"])
+            try:
+                sentiment = None
+                if (staged.dir / "models" / "sentiment").is_dir():
+                    # a model trained here before: reviews without stars get predicted ones
+                    from profiler.sentiment import SentimentModel
 
-                sentiment = SentimentModel.load(path / "models" / "sentiment")
-                predict_ratings(event_frame, sentiment)
-
-            embedder = _workspace_embedder(
-                embedder,
-                path,
-                model=model,
-                device=device,
-                batch_size=batch_size,
-                show_progress_bar=show_progress_bar,
-                backend=backend,
-                dtype=dtype,
-            )
-            documents = [item_document(row) for row in items.frame.to_dict(orient="records")]
-            item_vectors = _item_vectors(embedder, items.frame["item_id"], documents, item_vectors)
-            index = FaissIndex(item_vectors.shape[1], model_id=embedder.model_id)
-            index.add(items.frame["item_id"].tolist(), item_vectors)
-
-            texts = event_frame["text"]
-            unique_texts = pd.unique(texts[texts != ""])
-            logger.info("embedding %d distinct event texts", len(unique_texts))
-            event_vectors = embedder.encode(list(unique_texts))
-            row_of = {text: row for row, text in enumerate(unique_texts)}
-            event_frame["text_row"] = texts.map(row_of).fillna(-1).astype(np.int64)
-
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            previous = path / "manifest.json"
-            created = read_json(previous).get("created", now) if previous.is_file() else now
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "library_version": _version(),
-                "created": created,
-                "updated": now,
-                "model": {
-                    "model_id": embedder.model_id,
-                    "base_model_id": embedder.spec.model_id,
-                    "backend": embedder.backend,
-                    "dtype": embedder.dtype,
-                    "dim": int(item_vectors.shape[1]),
-                    "path": str(embedder.spec.path),
-                },
-                "counts": {
-                    "items": len(items.frame),
-                    "events": len(event_frame),
-                    "users": int(event_frame["user_id"].nunique()),
-                    "rejected_items": items.report.n_rejected,
-                    "rejected_events": events_loaded.report.n_rejected,
-                },
-                "inputs": {
-                    "catalog": items.report.file,
-                    "events": events_loaded.report.file,
-                },
-            }
-            ws = cls(path, manifest, items.frame, event_frame, index, event_vectors, embedder)
-            ws._sentiment = sentiment
-            corpus = ws._corpus_with(item_vectors)
-            if index.needs_optimize:
-                # the ranker's training queries search this index thousands of times: give
-                # it its serving structure first (saving would build it anyway)
-                index.optimize()
-            logger.info("fitting the recommender: channels, profiles, ranker")
-            with _one_thread():
-                ws._model = TwoStageRecommender(ws.profile_config).fit(corpus, item_index=index)
-            ws._model.item_text_ = ws._item_text
-            report = ws._model.report_
-            manifest["recommender"] = {
-                "scorer": ws._model.scorer_.kind,
-                "why": report.get("why"),
-                "candidate_recall": report.get("candidate_recall"),
-            }
-            items.frame["display_title"] = display_titles(items.frame, event_frame)
-            ws._titles = dict(zip(items.frame["item_id"], items.frame["display_title"]))
-            _write_parquet(path / "items.parquet", items.frame)
-            index.save(path, "items")
-            ws._model.lexical_.save(path / "lexical")
-            save_scorer(ws._model.scorer_, path / "models", report)
-            write_json(path / "models" / "recommender.json", ws._model.describe())
-            ws._save_state()
+                    sentiment = SentimentModel.load(staged.dir / "models" / "sentiment")
+                    predict_ratings(event_frame, sentiment)
+                ws = cls._build_into(
+                    staged,
+                    path,
+                    items,
+                    events_loaded,
+                    event_frame,
+                    previous,
+                    privacy,
+                    embedder=_workspace_embedder(
+                        embedder,
+                        path,
+                        model=model,
+                        device=device,
+                        batch_size=batch_size,
+                        show_progress_bar=show_progress_bar,
+                        backend=backend,
+                        dtype=dtype,
+                    ),
+                    item_vectors=item_vectors,
+                )
+                ws._sentiment = sentiment
+                ws._publish(staged, ws.manifest)
+            except BaseException:
+                store.discard(staged)
+                raise
+            store.clean()
+            _secure_root(path)
             logger.info(
                 "built %s: %d items, %d events, %d users; ranker: %s",
                 path,
                 len(items.frame),
                 len(event_frame),
-                manifest["counts"]["users"],
-                manifest["recommender"]["why"],
+                ws.manifest["counts"]["users"],
+                ws.manifest["recommender"]["why"],
             )
+        return ws
+
+    @classmethod
+    def _build_into(
+        cls,
+        staged: Generation,
+        path: Path,
+        items,
+        events_loaded,
+        event_frame: pd.DataFrame,
+        previous: dict | None,
+        privacy: PrivacyPolicy,
+        *,
+        embedder: Embedder,
+        item_vectors,
+    ) -> Workspace:
+        """Embed, index and fit into a staged generation; returns the workspace (its
+        manifest complete but for the file table that publishing adds)."""
+        target = staged.dir
+        documents = [item_document(row) for row in items.frame.to_dict(orient="records")]
+        item_vectors = _item_vectors(embedder, items.frame["item_id"], documents, item_vectors)
+        index = FaissIndex(item_vectors.shape[1], model_id=embedder.model_id)
+        index.add(items.frame["item_id"].tolist(), item_vectors)
+
+        texts = event_frame["text"]
+        unique_texts = pd.unique(texts[texts != ""])
+        logger.info("embedding %d distinct event texts", len(unique_texts))
+        event_vectors = embedder.encode(list(unique_texts))
+        row_of = {text: row for row, text in enumerate(unique_texts)}
+        event_frame["text_row"] = texts.map(row_of).fillna(-1).astype(np.int64)
+
+        now = _now()
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "library_version": _version(),
+            "created": (previous or {}).get("created", now),
+            "updated": now,
+            "model": {
+                "model_id": embedder.model_id,
+                "base_model_id": embedder.spec.model_id,
+                "backend": embedder.backend,
+                "dtype": embedder.dtype,
+                "dim": int(item_vectors.shape[1]),
+                "path": str(embedder.spec.path),
+            },
+            "counts": {
+                "items": len(items.frame),
+                "events": len(event_frame),
+                "users": int(event_frame["user_id"].nunique()),
+                "rejected_items": items.report.n_rejected,
+                "rejected_events": events_loaded.report.n_rejected,
+                "duplicate_events": events_loaded.report.n_duplicates,
+            },
+            "inputs": {
+                "catalog": items.report.file,
+                "events": events_loaded.report.file,
+            },
+            "catalogue": _catalogue_fingerprint(items.frame),
+            "privacy": {
+                **privacy.describe(),
+                # the DP budget outlives rebuilds: spending it again must not be free
+                "dp": (previous or {}).get("privacy", {}).get("dp", {}),
+            },
+        }
+        ws = cls(
+            path,
+            manifest,
+            items.frame,
+            event_frame,
+            index,
+            event_vectors,
+            embedder,
+            data=target,
+            privacy=privacy,
+        )
+        corpus = ws._corpus_with(item_vectors)
+        if index.needs_optimize:
+            # the ranker's training queries search this index thousands of times: give
+            # it its serving structure first (saving would build it anyway)
+            index.optimize()
+        logger.info("fitting the recommender: channels, profiles, ranker")
+        with _one_thread():
+            ws._model = TwoStageRecommender(ws.profile_config).fit(corpus, item_index=index)
+        ws._model.item_text_ = ws._item_text
+        report = ws._model.report_
+        manifest["recommender"] = {
+            "scorer": ws._model.scorer_.kind,
+            "why": report.get("why"),
+            "candidate_recall": report.get("candidate_recall"),
+        }
+        items.frame["display_title"] = display_titles(items.frame, event_frame)
+        ws._titles = dict(zip(items.frame["item_id"], items.frame["display_title"]))
+        _write_parquet(target / "items.parquet", items.frame)
+        index.save(target, "items")
+        ws._model.lexical_.save(target / "lexical")
+        save_scorer(ws._model.scorer_, target / "models", report)
+        write_json(target / "models" / "recommender.json", ws._model.describe())
+        ws._save_state(target)
+        manifest["artifacts"] = _carried_artifacts(previous, manifest["catalogue"], target)
         return ws
 
     @classmethod
@@ -745,6 +978,7 @@ class Workspace:
         show_progress_bar: bool | None = None,
         embedder: Embedder | None = None,
         mmap: bool = False,
+        verify: bool = True,
     ) -> Workspace:
         """Open a built workspace; the model is loaded only when a text must be embedded.
 
@@ -754,27 +988,83 @@ class Workspace:
         serve from it share the pages. Such a workspace answers queries but
         :meth:`add_events` and :meth:`feedback` raise ``ValueError``.
 
+        The workspace keeps the generation it opened (a shared lock) until
+        :meth:`close`, whatever writers publish meanwhile. With ``verify`` (default) every
+        file is checked against its size and checksum in the manifest, and float arrays
+        for NaN/inf, before anything is loaded.
+
         Raises
         ------
         FileNotFoundError
             If ``path`` holds no workspace.
+        profiler.store.CorruptWorkspaceError
+            A file does not match the manifest (a ``ValueError`` naming the file).
         ValueError
             If it was built by another format version, or ``model`` differs from the model
             it was built with.
         """
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
+        store = Store(path)
+        if store.pointer() is None:
+            if (path / "manifest.json").is_file():
+                raise ValueError(
+                    f"{path}: workspace format 2 or older (no generations); this library "
+                    f"reads format {FORMAT_VERSION}: rebuild it with `profiler build`"
+                )
             raise FileNotFoundError(
-                f"{path}: no workspace here (no manifest.json); create one with `profiler build`"
+                f"{path}: no workspace here (no CURRENT); create one with `profiler build`"
             )
-        manifest = read_json(manifest_path)
+        lease, manifest = store.lease(verify=verify)
+        data = lease.generation.dir
+        manifest_path = data / "manifest.json"
         if manifest.get("format_version") != FORMAT_VERSION:
+            lease.release()
             raise ValueError(
                 f"{manifest_path}: workspace format {manifest.get('format_version')!r}; "
                 f"this library reads format {FORMAT_VERSION}: rebuild it"
             )
+        try:
+            return cls._open_generation(
+                path,
+                data,
+                lease,
+                manifest,
+                model=model,
+                device=device,
+                show_progress_bar=show_progress_bar,
+                embedder=embedder,
+                mmap=mmap,
+            )
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
+    def _open_generation(
+        cls,
+        path: Path,
+        data: Path,
+        lease: Lease,
+        manifest: dict,
+        *,
+        model,
+        device,
+        show_progress_bar,
+        embedder,
+        mmap: bool,
+    ) -> Workspace:
+        manifest_path = data / "manifest.json"
         _check_manifest(manifest, manifest_path)
+        for name, artifact in manifest.get("artifacts", {}).items():
+            if artifact.get("stale"):
+                logger.warning("%s: %s", data / name, artifact["stale"])
+        settings = manifest.get("privacy", {})
+        privacy = PrivacyPolicy(
+            Pseudonymizer.for_workspace(path, create=False)
+            if settings.get("pseudonymous")
+            else None,
+            Scrubber(tuple(settings.get("scrub", ()))),
+        )
         built_with = manifest["model"]["model_id"]
         base = manifest["model"].get("base_model_id", built_with)
         if model is not None and resolve_model(model).model_id != base:
@@ -799,27 +1089,42 @@ class Workspace:
                 "is installed; rebuild the workspace"
             )
         dim = manifest["model"]["dim"]
-        index = load_index(path, "items", model_id=built_with, dim=dim, mmap=mmap)
-        items = pd.read_parquet(path / "items.parquet")
-        events = pd.read_parquet(path / "events.parquet")
-        event_vectors = np.load(path / "event_vectors.npy", allow_pickle=False)
-        profiles, config = load_profiles(path, mmap=mmap)
-        user_index = load_index(path, "users", model_id=built_with, dim=dim, mmap=mmap)
-        described = read_json(path / "models" / "recommender.json")
-        scorer, report = load_scorer(path / "models")
-        ws = cls(path, manifest, items, events, index, event_vectors, embedder, None, config)
+        index = load_index(data, "items", model_id=built_with, dim=dim, mmap=mmap)
+        items = pd.read_parquet(data / "items.parquet")
+        events = pd.read_parquet(data / "events.parquet")
+        event_vectors = np.load(
+            data / "event_vectors.npy", allow_pickle=False, mmap_mode="r" if mmap else None
+        )
+        profiles, config = load_profiles(data, mmap=mmap)
+        user_index = load_index(data, "users", model_id=built_with, dim=dim, mmap=mmap)
+        described = read_json(data / "models" / "recommender.json")
+        scorer, report = load_scorer(data / "models")
+        ws = cls(
+            path,
+            manifest,
+            items,
+            events,
+            index,
+            event_vectors,
+            embedder,
+            None,
+            config,
+            data=data,
+            lease=lease,
+            privacy=privacy,
+        )
         ws._model = TwoStageRecommender.assemble(
             config=config,
             channels=ChannelConfig.from_dict(described["channels"]),
             ranker=RankerConfig.from_dict(described["ranker"]),
             catalogue=_catalogue(items),
             item_index=index,
-            lexical=LexicalIndex.load(path / "lexical", mmap=mmap),
+            lexical=LexicalIndex.load(data / "lexical", mmap=mmap),
             text_vectors=event_vectors,
             item_text=ws._item_text,
             scorer=scorer,
             report=report,
-            state=State(profiles, user_index, Interactions.load(path)),
+            state=State(profiles, user_index, Interactions.load(data)),
         )
         return ws
 
@@ -827,7 +1132,8 @@ class Workspace:
 
     @property
     def users(self) -> list[str]:
-        """Known user ids, in order of first event."""
+        """Known user ids as stored (pseudonyms unless built with ``pseudonymize=False``),
+        in order of first event; every method accepts them as well as raw ids."""
         return list(self._user_rows)
 
     def corpus(self) -> Corpus:
@@ -855,9 +1161,14 @@ class Workspace:
         """The text that represents the item at a catalogue position."""
         return item_document(self.items.iloc[position])
 
+    def profile(self, user: str):
+        """The stored :class:`~profiler.profiles.UserProfile` of a shopper (raw or stored
+        id)."""
+        return self.profiles[self.stored_id(user)]
+
     @property
     def profiles(self) -> ProfileStore:
-        """Every user's stored profile, ``{user_id: UserProfile}``."""
+        """Every user's stored profile, ``{stored user id: UserProfile}``."""
         return self.recommender.state_.profiles
 
     @property
@@ -872,6 +1183,7 @@ class Workspace:
         """Items most similar to a free-text query."""
         return self.search_many([query], k)[0]
 
+    @_reads
     def search_many(self, queries: Sequence[str], k: int = 10) -> list[Results]:
         """:meth:`search` for a batch of queries, embedded in one pass."""
         queries = list(queries)
@@ -883,13 +1195,11 @@ class Workspace:
         hits = self.item_index.search(self.embedder.encode(queries, store=False), k)
         return [self._results(ids, scores) for ids, scores in zip(hits.ids, hits.scores)]
 
+    @_reads
     def user_events(self, user: str) -> pd.DataFrame:
         """The user's events, oldest first; :class:`UnknownUserError` (a ``KeyError``) for
         an unknown user."""
-        rows = self._user_rows.get(user)
-        if rows is None:
-            raise UnknownUserError(user)
-        return self.events.iloc[rows]
+        return self.events.iloc[self._user_rows[self.stored_id(user)]]
 
     @property
     def recommender(self) -> TwoStageRecommender:
@@ -898,6 +1208,7 @@ class Workspace:
             raise ValueError(f"{self.path}: no recommender; rebuild the workspace")
         return self._model
 
+    @_reads
     def recommend(
         self,
         user: str | None = None,
@@ -937,6 +1248,7 @@ class Workspace:
             raise ValueError(f"diversity must be in [0, 1], got {diversity}")
         removed_tags: list[str] = []
         if user is not None:
+            user = self.stored_id(user)
             query = Query(user, self.user_events(user))
             overrides = self.tag_overrides()
             pinned, removed_tags = overrides.pinned(user), overrides.removed(user)
@@ -1020,10 +1332,13 @@ class Workspace:
                 closest = {"text": label}
         return {"channels": channels, "features": features, "closest": closest}
 
+    @_reads
     def similar_users(self, user: str, k: int = 10) -> list[tuple[str, float]]:
-        """The ``k`` users whose profile vectors are closest to ``user``'s."""
+        """The ``k`` users whose profile vectors are closest to ``user``'s (stored ids:
+        pseudonyms in a pseudonymous workspace)."""
+        given, user = user, self.stored_id(user)
         if user not in self.profiles:
-            raise UnknownUserError(user)
+            raise UnknownUserError(given)
         if self.user_index is None or user not in self.user_index:
             return []
         hits = self.user_index.search(self.profiles[user].vector[None, :], k, exclude={user})
@@ -1031,7 +1346,9 @@ class Workspace:
 
     # -- incremental updates ------------------------------------------------------------
 
-    def add_events(self, events: str | os.PathLike[str] | pd.DataFrame) -> int:
+    def add_events(
+        self, events: str | os.PathLike[str] | pd.DataFrame, *, _stored_ids: bool = False
+    ) -> int:
         """Validate and append events; affected profiles and the user index update.
 
         Bad rows go to ``quarantine/events-added.jsonl``. The result equals rebuilding the
@@ -1046,39 +1363,46 @@ class Workspace:
             raise ValueError(
                 f"{self.path}: opened with mmap=True, read-only; open it without mmap to add events"
             )
-        with _locked(self.path):
-            loaded = load_events(
-                events,
-                items=self.items["item_id"],
-                quarantine=self.path / "quarantine" / "events-added.jsonl",
-            )
-            new = loaded.frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
-            if new.empty:
-                return 0
-            self._predict_ratings(new)
-            fresh = [t for t in pd.unique(new["text"]) if t and t not in self._text_rows]
+        loaded = load_events(
+            events,
+            items=self.items["item_id"],
+            quarantine=self.path / "quarantine" / "events-added.jsonl",
+            # raw ids are mapped to pseudonyms; ids the workspace itself stored are not
+            privacy=PrivacyPolicy(None, self.privacy.scrubber) if _stored_ids else self.privacy,
+        )
+        new = loaded.frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+        if new.empty:
+            return 0
+        self._predict_ratings(new)
+        fresh = [t for t in pd.unique(new["text"]) if t and t not in self._text_rows]
+        # embedded before the update starts: queries go on meanwhile
+        fresh_vectors = self.embedder.encode(fresh) if fresh else None
+        with self._writing() as staged:
             vectors = self.event_vectors
-            if fresh:
-                vectors = np.concatenate([vectors, self.embedder.encode(fresh)])
+            if fresh_vectors is not None:
+                vectors = np.concatenate([vectors, fresh_vectors])
             rows = dict(self._text_rows)
             rows.update({t: len(self.event_vectors) + i for i, t in enumerate(fresh)})
             new["text_row"] = new["text"].map(rows).fillna(-1).astype(np.int64)
             old_rows = self._user_rows
             events = pd.concat([self.events, new], ignore_index=True)
-            self._set_events(events, vectors)
             model = self.recommender
             builder = model.builder_
             profiles = model.state_.profiles
             new_evidence = event_evidence(builder, new, self.item_index, vectors)
+            updated = {}
             for user, rows in new.groupby("user_id", sort=False).indices.items():
                 user_new = type(new_evidence)(*(a[rows] for a in new_evidence))
                 if user in profiles and user in old_rows:
                     history = event_evidence(
                         builder, events.iloc[old_rows[user]], self.item_index, vectors
                     )
-                    profile = builder.update(profiles[user], user_new, history=history)
+                    updated[user] = builder.update(profiles[user], user_new, history=history)
                 else:
-                    profile = builder.build(user, user_new)
+                    updated[user] = builder.build(user, user_new)
+            # every new piece computed: now change what queries read, all at once
+            self._set_events(events, vectors)
+            for user, profile in updated.items():
                 profiles[user] = profile
                 self._index_user(profile)
             position = model.catalogue_.position
@@ -1088,22 +1412,26 @@ class Workspace:
                 new["timestamp"].to_numpy(dtype=np.float64),
                 new_evidence.weights > 0,
             )
-            self._save_state()
-            logger.info("added %d events for %d users", len(new), new["user_id"].nunique())
-            return len(new)
+            self._save_state(staged)
+        logger.info("added %d events for %d users", len(new), new["user_id"].nunique())
+        return len(new)
 
     def feedback(
         self, user: str, item_id: str, *, liked: bool, timestamp: float | None = None
     ) -> None:
         """Record a like or dislike of a (recommended) item: just another event."""
         when = datetime.now(timezone.utc).timestamp() if timestamp is None else timestamp
+        try:
+            user, stored = self.stored_id(user), True
+        except UnknownUserError:
+            stored = False  # a new shopper's first signal
         event = {
             "user_id": user,
             "timestamp": when,
             "kind": "like" if liked else "dislike",
             "item_id": item_id,
         }
-        if self.add_events(pd.DataFrame([event])) != 1:
+        if self.add_events(pd.DataFrame([event]), _stored_ids=stored) != 1:
             raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
 
     def _index_user(self, profile) -> None:
@@ -1112,19 +1440,18 @@ class Workspace:
             return  # only negative evidence so far: nothing to be similar on
         self.user_index.upsert([profile.user_id], vector[None, :])
 
-    def _save_state(self) -> None:
-        """Persist events, event vectors, profiles, user index; the manifest last."""
-        _write_parquet(self.path / "events.parquet", self.events)
-        save_npy(self.path / "event_vectors.npy", self.event_vectors)
+    def _save_state(self, target: Path) -> None:
+        """Write events, event vectors, profiles, user index and counts into a staged
+        generation (publishing writes the manifest)."""
+        _write_parquet(target / "events.parquet", self.events)
+        save_npy(target / "event_vectors.npy", self.event_vectors)
         state = self.recommender.state_
-        state.profiles.save(self.path, self.profile_config)
-        state.user_index.save(self.path, "users")
-        state.interactions.save(self.path)
-        self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        state.profiles.save(target, self.profile_config)
+        state.user_index.save(target, "users")
+        state.interactions.save(target)
         self.manifest["counts"].update(
             events=len(self.events), users=len(self._user_rows), profiles=len(self.profiles)
         )
-        write_json(self.path / "manifest.json", self.manifest)
 
     def _results(self, ids: np.ndarray, scores: np.ndarray) -> Results:
         keep = np.array([i is not None for i in ids], dtype=bool)
@@ -1209,6 +1536,59 @@ def _catalogue(items: pd.DataFrame) -> Catalogue:
         items["brand"].fillna("").tolist(),
         items["price"].tolist(),
     )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _previous_manifest(store: Store) -> dict | None:
+    """The published manifest before a rebuild (unverified: only a few keys carry over),
+    or ``None`` for a new workspace or one that cannot be read."""
+    try:
+        current = store.current()
+        return read_json(current.dir / "manifest.json") if current is not None else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _catalogue_fingerprint(items: pd.DataFrame) -> str:
+    """A checksum of what models trained on the catalogue depend on: ids, titles and
+    categories (a rebuild with other values marks them stale)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for column in ("item_id", "title", "category"):
+        h.update("\x1f".join(items[column].fillna("").astype(str)).encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def _carried_artifacts(previous: dict | None, catalogue: str, target: Path) -> dict:
+    """The registry entries of models a rebuild carried over, marked stale when they were
+    trained on this workspace's data and the catalogue changed since."""
+    out = {}
+    for name, artifact in ((previous or {}).get("artifacts") or {}).items():
+        if not (target / name).exists():
+            continue
+        artifact = dict(artifact)
+        if "workspace" in artifact.get("built_from", {}) and artifact.get("catalogue") != catalogue:
+            command = "train-tags" if name == "models/tags" else "train-sentiment"
+            artifact["stale"] = (
+                f"trained on an earlier catalogue of this workspace; run `profiler {command}` again"
+            )
+        out[name] = artifact
+    return out
+
+
+def _secure_root(path: Path) -> None:
+    """Owner-only modes on what a workspace keeps outside its generations."""
+    from profiler.store import _secure
+
+    os.chmod(path, 0o700)
+    for name in ("quarantine", "embeddings", "reports", "CURRENT", ".lock"):
+        if (path / name).exists():
+            _secure(path / name)
 
 
 def _write_parquet(path: Path, frame: pd.DataFrame) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from profiler import cli
+from profiler.store import Store
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_evaluate_writes_report(workspace, capsys):
     for suffix in ("jsonl", "md", "png"):
         assert (workspace / "reports" / f"evaluate-text.{suffix}").is_file()
     # evaluate measures what build trained; it writes no serving settings of its own
-    served = json.loads((workspace / "models" / "recommender.json").read_text())
+    served = json.loads((Store(workspace).current().dir / "models/recommender.json").read_text())
     assert served["scorer"]["kind"] in {"blend", "lightgbm"}
     assert served["training"]["queries"] >= 0
 
@@ -110,10 +111,11 @@ def test_only_unknown_users_are_reported_as_unknown(tmp_path):
 
 
 def test_a_cut_manifest_is_refused_naming_the_file(workspace, capsys):
-    manifest = workspace / "manifest.json"
+    manifest = Store(workspace).current().dir / "manifest.json"
     data = json.loads(manifest.read_text())
     del data["model"]
     manifest.write_text(json.dumps(data))
     assert cli.main(["search", "--workspace", str(workspace), "boots"]) == 2
     error = capsys.readouterr().err
-    assert "manifest.json" in error and "'model'" in error and "rebuild" in error
+    assert "manifest.json" in error and "changed after it was published" in error
+    assert "rebuild" in error

@@ -14,6 +14,7 @@ import pytest
 
 from profiler import cli
 from profiler.jobs import EmbedJob, ParquetVectors, ShardedEmbeddings, open_item_vectors
+from profiler.store import Store
 from profiler.workspace import Workspace
 from tests.conftest import HashingEncoder, unit_vectors
 from tests.test_jobs import SingleProcess
@@ -274,6 +275,6 @@ def test_cli_build_with_a_vectors_file(tiny_files, tiny_frames, tmp_path, capsys
     )
 
     assert cli.main([*argv, str(path)]) == 0
-    manifest = json.loads((ws / "manifest.json").read_text())
+    manifest = json.loads((Store(ws).current().dir / "manifest.json").read_text())
     assert manifest["model"]["dim"] == 384 and manifest["counts"]["items"] == len(ids)
     np.testing.assert_allclose(Workspace.open(ws).item_index.get(ids), given, atol=1e-6)

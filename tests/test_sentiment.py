@@ -117,7 +117,11 @@ def test_unrated_negative_review_lowers_the_profile(tmp_path, tiny_frames, embed
             }
         ]
     )
-    (tmp_path / "ws" / "models" / "sentiment").mkdir(parents=True)
+    first = Workspace.build(tmp_path / "ws", catalog=items, events=events, embedder=embedder)
+    # as if train-sentiment had run: a rebuild carries models/sentiment over and loads it
+    marker = first.data / "models" / "sentiment" / "head.safetensors"
+    marker.parent.mkdir(parents=True)
+    marker.write_bytes(b"weights")
     monkeypatch.setattr(
         sentiment_module.SentimentModel, "load", staticmethod(lambda *a, **k: FixedSentiment())
     )
@@ -147,8 +151,9 @@ def test_train_sentiment_and_sentiment_cli(tmp_path, tiny_frames, embedder, caps
     assert cli.main([*args, "--json", "-q"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["systems"]) >= {"model", "majority"} and report["test_reviews"] > 0
-    assert (ws.sentiment_dir / "head.safetensors").is_file()
     again = Workspace.open(ws.path)
+    assert (again.sentiment_dir / "head.safetensors").is_file()
+    assert again.manifest["artifacts"]["models/sentiment"]["built_from"]["workspace"]
     np.testing.assert_array_equal(again.events["rating"].to_numpy(), before.to_numpy())
     assert not again.events["rating_predicted"].any()  # every review here had stars
     code = cli.main(

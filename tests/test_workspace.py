@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -24,13 +25,15 @@ def category_of(ws: Workspace, item_id: str) -> str:
 
 def test_build_persists_everything(built, tiny_frames):
     items, events = tiny_frames
-    manifest = json.loads((built.path / "manifest.json").read_text())
+    manifest = json.loads((built.data / "manifest.json").read_text())
+    assert built.data.parent == built.path / "generations"
     assert manifest["format_version"] == FORMAT_VERSION
     assert manifest["counts"]["items"] == len(items)
     assert manifest["counts"]["events"] == len(events)
     assert manifest["model"]["dim"] == 384
     for name in ("items.faiss", "items.ids.npy", "items.parquet", "events.parquet"):
-        assert (built.path / name).is_file(), name
+        assert (built.data / name).is_file(), name
+        assert manifest["files"][name]["size"] == (built.data / name).stat().st_size
     assert len(built.item_index) == len(items)
     assert not (built.path / "quarantine" / "events.jsonl").exists()
 
@@ -72,7 +75,7 @@ def test_open_round_trip_and_model_check(built, embedder):
 
 
 def test_open_embeds_queries_with_the_numerics_it_was_built_with(built, embedder):
-    model = json.loads((built.path / "manifest.json").read_text())["model"]
+    model = json.loads((built.data / "manifest.json").read_text())["model"]
     assert (model["backend"], model["dtype"]) == ("torch", "float32")
     assert model["base_model_id"] == embedder.spec.model_id == model["model_id"]
     # Opened without an embedder, on any CPU (bfloat16 is the default where AMX exists),
@@ -83,9 +86,15 @@ def test_open_embeds_queries_with_the_numerics_it_was_built_with(built, embedder
 
 
 def test_open_rejects_other_format_and_missing(built, tmp_path):
-    manifest = json.loads((built.path / "manifest.json").read_text())
+    path = built.data / "manifest.json"
+    manifest = json.loads(path.read_text())
     manifest["format_version"] = 99
-    (built.path / "manifest.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="manifest was changed after it was published"):
+        Workspace.open(built.path)
+    pointer = json.loads((built.path / "CURRENT").read_text())
+    pointer["manifest_blake2b"] = hashlib.blake2b(path.read_bytes(), digest_size=20).hexdigest()
+    (built.path / "CURRENT").write_text(json.dumps(pointer))  # as if published by format 99
     with pytest.raises(ValueError, match="format 99"):
         Workspace.open(built.path)
     with pytest.raises(FileNotFoundError, match="no workspace"):
@@ -139,12 +148,12 @@ def test_add_events_equals_rebuild(tmp_path, tiny_frames, embedder):
         tmp_path / "full", catalog=items, events=pd.concat([early, late]), embedder=embedder
     )
     for user in (events["user_id"].iloc[0], "newcomer"):
-        a, b = ws.profiles[user], full.profiles[user]
+        a, b = ws.profile(user), full.profile(user)
         assert a.n_events == b.n_events
         assert np.allclose(a.pos_sum, b.pos_sum, atol=1e-5)
         assert np.allclose(a.centres, b.centres, atol=1e-5)
     reopened = Workspace.open(ws.path, embedder=embedder)
-    assert "newcomer" in reopened.user_index and len(reopened.events) == len(events)
+    assert reopened.stored_id("newcomer") in reopened.user_index and len(reopened.events) == len(events)
     assert reopened.recommend("newcomer", k=3).ids == full.recommend("newcomer", k=3).ids
 
 

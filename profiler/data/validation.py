@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,9 @@ from profiler.data.schema import (
     RATING_RANGE,
 )
 from profiler.storage import write_text
+
+if TYPE_CHECKING:
+    from profiler.privacy import PrivacyPolicy
 
 __all__ = [
     "Loaded",
@@ -303,7 +306,7 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _write_quarantine(path: Path | None, rejections: list[Rejection]) -> Path | None:
+def _write_quarantine(path: Path | None, rejections: list[Rejection], privacy=None) -> Path | None:
     if path is None:
         return None
     if not rejections:
@@ -316,7 +319,7 @@ def _write_quarantine(path: Path | None, rejections: list[Rejection]) -> Path | 
                 "row": r.row,
                 "field": r.field,
                 "reason": r.reason,
-                "record": json_safe(r.record),
+                "record": json_safe(privacy.record(r.record) if privacy is not None else r.record),
             },
             ensure_ascii=False,
         )
@@ -334,12 +337,13 @@ def _finish(
     quarantine: Path | None,
     columns: list[str],
     n_duplicates: int = 0,
+    privacy=None,
 ) -> Loaded:
-    written = _write_quarantine(quarantine, rejections)
+    written = _write_quarantine(quarantine, rejections, privacy)
     report = ValidationReport(name, n_rows, tuple(rejections), written, n_duplicates)
     log = logger.warning if rejections or n_duplicates else logger.info
     log("%s", report.summary())
-    for rejection in rejections[:5]:
+    for rejection in rejections[:5]:  # file, row, field and reason: never the record
         logger.warning("  %s", rejection)
     frame = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
     return Loaded(frame, report)
@@ -415,6 +419,7 @@ def load_events(
     items: Iterable[str] | None = None,
     columns: Mapping[str, str] | None = None,
     quarantine: str | os.PathLike[str] | None = None,
+    privacy: PrivacyPolicy | None = None,
 ) -> Loaded:
     """Load and validate events: one row per user action.
 
@@ -428,6 +433,9 @@ def load_events(
         Rename source columns to ours.
     quarantine : path, optional
         JSON Lines file for rejected rows.
+    privacy : PrivacyPolicy, optional
+        Maps each valid user id to its pseudonym and scrubs personal data from texts
+        (:mod:`profiler.privacy`); quarantined records are written scrubbed too.
 
     Returns
     -------
@@ -452,6 +460,9 @@ def load_events(
         try:
             _unreadable(record)
             row = _event(record, known, latest)
+            if privacy is not None:
+                row["user_id"] = privacy.user(row["user_id"])
+                row["text"] = privacy.text(row["text"])
         except _RowError as err:
             rejections.append(Rejection(name, number, err.field, err.reason, record))
             continue
@@ -463,7 +474,14 @@ def load_events(
         rows.append(row)
     _check_seen_columns(name, keys, EVENT_REQUIRED, n_rows)
     return _finish(
-        name, rows, rejections, n_rows, _path(quarantine), list(EVENT_COLUMNS), duplicates
+        name,
+        rows,
+        rejections,
+        n_rows,
+        _path(quarantine),
+        list(EVENT_COLUMNS),
+        duplicates,
+        privacy,
     )
 
 

@@ -191,5 +191,6 @@ class TagOverrides:
     def reset(self, user: str) -> None:
         self.users.pop(user, None)
 
-    def save(self) -> None:
-        write_json(self.path, self.users)
+    def save(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Write the overrides to ``path`` (default: where they were read from)."""
+        write_json(self.path if path is None else path, self.users)
