@@ -55,7 +55,56 @@ def _parser() -> argparse.ArgumentParser:
         "own vectors with columns item_id and vector (fixed-length float32/float64 lists "
         "from the workspace's model: 384-d for the bundled one); items they lack are embedded",
     )
+    build.add_argument(
+        "--scrub",
+        default="all",
+        help="personal data removed from event texts before storage: all (default), none, "
+        "or a comma list of email,card,phone,address",
+    )
+    build.add_argument(
+        "--no-pseudonymize",
+        action="store_true",
+        help="store raw user ids (default: keyed pseudonyms; raw ids still work in every command)",
+    )
     _add_common(build)
+
+    forget = commands.add_parser("forget", help="delete a shopper everywhere in a workspace")
+    forget.add_argument("--workspace", required=True, type=Path)
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the shopper's id (raw, as in the events)")
+    who.add_argument("--users", type=Path, help="file with one user id per line")
+    forget.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="keep the ranker trained with her rows (profiles and counts are still refitted)",
+    )
+    forget.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="keep tag and sentiment models trained on this workspace's data (default: removed "
+        "when she contributed to them)",
+    )
+    forget.add_argument("--json", action="store_true", help="one JSON report per user")
+    _add_common(forget)
+
+    aggregates = commands.add_parser(
+        "export-aggregates", help="differentially private shopper counts (Laplace noise)"
+    )
+    aggregates.add_argument("--workspace", required=True, type=Path)
+    aggregates.add_argument(
+        "--epsilon", required=True, type=float, help="privacy cost of this release"
+    )
+    aggregates.add_argument(
+        "--budget", type=float, help="total epsilon the workspace may ever spend (set once; 1.0)"
+    )
+    aggregates.add_argument("--per-user", type=int, default=3, help="categories per shopper")
+    aggregates.add_argument("--output", type=Path, help="write CSV here instead of stdout")
+    aggregates.add_argument("--json", action="store_true", help="one JSON object per count")
+    _add_common(aggregates)
+
+    verify = commands.add_parser("verify", help="check every workspace file against its manifest")
+    verify.add_argument("--workspace", required=True, type=Path)
+    _add_common(verify)
 
     embed = commands.add_parser(
         "embed",
@@ -254,8 +303,60 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         show_progress_bar=_progress(args),
         item_vectors=args.item_vectors,
+        pseudonymize=not args.no_pseudonymize,
+        scrub=args.scrub,
     )
     print(ws)
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+
+    def forget(user: str) -> None:
+        report = ws.forget(user, retrain=not args.no_retrain, keep_models=args.keep_models)
+        if args.json:
+            print(json.dumps(report.to_dict(), ensure_ascii=False))
+        else:
+            removed = ", ".join(report.models_removed) or "none"
+            print(
+                f"forgot {user!r}: {report.events} events, {report.texts} texts, profile, "
+                f"user index entry, {report.cache_entries} cached vectors, "
+                f"{report.quarantine_rows} quarantined rows; ranker {report.ranker}; "
+                f"models removed: {removed}; generation {report.generation}"
+            )
+
+    status = _for_each_user(args, forget)
+    ws.close()
+    return status
+
+
+def cmd_export_aggregates(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    table = ws.export_aggregates(args.epsilon, budget=args.budget, per_user=args.per_user)
+    if args.output is not None:
+        from profiler.storage import write_text
+
+        write_text(args.output, table.to_csv(index=False))
+        logger.info("wrote %d noisy counts to %s", len(table), args.output)
+    elif args.json:
+        for record in table.to_dict(orient="records"):
+            print(json.dumps(record, ensure_ascii=False))
+    else:
+        print(table.to_string(index=False))
+    dp = ws.manifest["privacy"]["dp"]
+    logger.info("privacy budget: %g of %g spent", dp["spent"], dp["budget"])
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False, mmap=True)
+    files = ws.manifest["files"]
+    size = sum(f["size"] for f in files.values())
+    print(
+        f"{args.workspace}: generation {ws.generation} OK: {len(files)} files, "
+        f"{size / 2**20:.1f} MiB, checksums, shapes and values as published"
+    )
     return 0
 
 
@@ -510,6 +611,9 @@ COMMANDS = {
     "search": cmd_search,
     "recommend": cmd_recommend,
     "demo": cmd_demo,
+    "forget": cmd_forget,
+    "export-aggregates": cmd_export_aggregates,
+    "verify": cmd_verify,
 }
 
 

@@ -173,6 +173,34 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._load())
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the cache's vectors are in memory (read on first use)."""
+        return self._rows is not None
+
+    def remove(self, keys: np.ndarray) -> int:
+        """Delete the vectors of ``keys`` from disk (each part that holds one is
+        rewritten without it, atomically, then the old part removed); returns how many
+        were removed. Used to forget a shopper's texts."""
+        wanted = set(np.asarray(keys, dtype=f"S{_KEY_BYTES}").tolist())
+        removed = 0
+        if not wanted or not self.directory.is_dir():
+            return 0
+        for part in sorted(self.directory.glob("part-*.npz")):
+            with np.load(part, allow_pickle=False) as data:
+                part_keys, vectors = data["keys"], data["vectors"]
+            drop = np.array([k in wanted for k in part_keys.tolist()], dtype=bool)
+            if not drop.any():
+                continue
+            removed += int(drop.sum())
+            if not drop.all():
+                name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+                with atomic_path(self.directory / name) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, keys=part_keys[~drop], vectors=vectors[~drop])
+            part.unlink()
+        self._rows = self._vectors = None  # read again on next use
+        return removed
+
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(found_mask, vectors_of_found)`` for ``keys``."""
         rows = self._load()
@@ -756,8 +784,8 @@ class Embedder:
             Override the instance's settings for this call.
         store : bool
             Write newly computed vectors to the cache (when there is one). Serving passes
-            ``False`` for one-off query texts: the cache still answers, but a stream of
-            queries does not add a file to disk per call.
+            ``False`` for one-off query texts: a stream of queries does not add a file to
+            disk per call, and the cache answers only if it is already in memory.
 
         Returns
         -------
@@ -775,7 +803,9 @@ class Embedder:
         unique_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         hit = np.zeros(len(unique_keys), dtype=bool)
         cached = None
-        if self.cache is not None:
+        if self.cache is not None and (store or self.cache.loaded):
+            # one-off query texts do not read a cache that is not in memory yet: a first
+            # query would otherwise load every vector the workspace ever cached
             hit, cached = self.cache.get(unique_keys)
         todo = np.flatnonzero(~hit)
         fresh = None

@@ -10,8 +10,8 @@ to people; with it, only someone who already knows a raw id can find its pseudon
 with the Luhn sum, so order numbers and prices stay) and street addresses in review and
 search text before it is embedded or stored, and in quarantined records.
 
-:func:`dp_aggregates` releases counts with Laplace noise from ``diffprivlib``; the budget
-is recorded in the workspace manifest and refused once spent.
+:func:`dp_aggregates` releases counts with discrete Laplace noise from OpenDP; the
+budget is recorded in the workspace manifest and refused once spent.
 """
 
 from __future__ import annotations
@@ -27,17 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 __all__ = [
     "KEY_FILE",
     "SCRUB_KINDS",
     "BudgetSpentError",
+    "ForgetReport",
     "PrivacyPolicy",
     "Pseudonymizer",
     "Scrubber",
     "dp_aggregates",
+    "drop_quarantined",
     "luhn_ok",
 ]
 
@@ -229,6 +230,58 @@ class PrivacyPolicy:
         return {"pseudonymous": self.pseudonymize is not None, "scrub": list(self.scrubber.kinds)}
 
 
+# -- forgetting a shopper ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    """What :meth:`profiler.workspace.Workspace.forget` removed for one shopper."""
+
+    user: str
+    events: int
+    texts: int  # distinct texts only she wrote: their vectors are gone
+    profile: bool
+    user_index: bool
+    overrides: bool
+    cache_entries: int
+    quarantine_rows: int
+    ranker: str  # "retrained" without her, or "kept" (trained before, with her rows)
+    models_removed: tuple[str, ...]
+    generation: str
+    old_generations_held: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+def drop_quarantined(directory: str | os.PathLike[str], user: str) -> int:
+    """Rewrite every quarantine file in ``directory`` without the records of ``user``
+    (her stored id); returns how many rows were dropped."""
+    import json
+
+    from profiler.storage import write_text
+
+    dropped = 0
+    for path in sorted(Path(directory).glob("*.jsonl")) if Path(directory).is_dir() else []:
+        kept = []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for line in lines:
+            try:
+                record = json.loads(line).get("record") or {}
+            except (json.JSONDecodeError, AttributeError):
+                record = {}
+            if isinstance(record, dict) and record.get("user_id") == user:
+                dropped += 1
+            else:
+                kept.append(line)
+        if len(kept) != len(lines):
+            if kept:
+                write_text(path, "\n".join(kept) + "\n")
+            else:
+                path.unlink()
+    return dropped
+
+
 # -- differentially private aggregates ---------------------------------------------------
 
 
@@ -242,7 +295,6 @@ def dp_aggregates(
     *,
     epsilon: float,
     per_user: int = 1,
-    seed: int | None = None,
 ) -> pd.DataFrame:
     """Noisy counts of shoppers per ``(statistic, segment, key)``.
 
@@ -253,9 +305,11 @@ def dp_aggregates(
     cell of each statistic from public knowledge (the taxonomy, the catalogue's
     categories): every cell gets noise, the empty ones too, so which cells are released
     reveals nobody. Rows outside the domain are dropped. The budget ``epsilon`` is split
-    evenly between the statistics and ``diffprivlib``'s Laplace mechanism adds noise of
-    scale ``per_user / epsilon_stat``. Counts are then rounded and clipped at zero
-    (post-processing, which spends no budget).
+    evenly between the statistics and OpenDP's discrete Laplace mechanism adds integer
+    noise of scale ``per_user / epsilon_stat`` (its privacy map is checked to spend no
+    more than that share). Counts are then clipped at zero (post-processing, which spends
+    no budget). OpenDP draws its noise from the operating system's secure generator, so
+    no seed can make a release reproducible (one that could would leak the noise).
 
     Returns
     -------
@@ -263,8 +317,12 @@ def dp_aggregates(
         ``statistic, segment, key, count, epsilon`` (the noisy count and the share of
         the budget its statistic used).
     """
-    from diffprivlib.mechanisms import Laplace
+    import opendp.prelude as dp
 
+    # OpenDP gates mechanisms that are not yet peer-reviewed behind this flag (it is
+    # OpenDP's own setting, not the process environment); the discrete Laplace
+    # mechanism used here is in its contrib set.
+    dp.enable_features("contrib")
     if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
     if per_user < 1:
@@ -274,15 +332,19 @@ def dp_aggregates(
     table = table.drop_duplicates(["user", "statistic", "segment", "key"])
     table = table[table.groupby(["user", "statistic"]).cumcount() < per_user]
     share = epsilon / len(domain)
-    rng = np.random.default_rng(seed)
     rows = []
     for statistic, cells in domain.items():
-        mechanism = Laplace(
-            epsilon=share, sensitivity=per_user, random_state=int(rng.integers(2**31 - 1))
-        )
         counts = table[table["statistic"] == statistic].groupby(["segment", "key"]).size()
-        for segment, key in cells:
-            true = float(counts.get((segment, key), 0))
-            noisy = max(0, round(mechanism.randomise(true)))
-            rows.append((statistic, segment, key, noisy, share))
+        true = [int(counts.get(cell, 0)) for cell in cells]
+        mechanism = dp.m.make_laplace(
+            dp.vector_domain(dp.atom_domain(T=int)),
+            dp.l1_distance(T=int),
+            scale=per_user / share,
+        )
+        spent = mechanism.map(per_user)
+        if spent > share * (1 + 1e-9):
+            raise RuntimeError(f"{statistic}: the mechanism would spend {spent}, not {share}")
+        noisy = mechanism(true) if true else []
+        for (segment, key), value in zip(cells, noisy):
+            rows.append((statistic, segment, key, max(0, int(value)), share))
     return pd.DataFrame(rows, columns=["statistic", "segment", "key", "count", "epsilon"])

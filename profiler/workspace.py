@@ -42,7 +42,7 @@ import pandas as pd
 from profiler.data import load_catalog, load_events
 from profiler.embedding import Embedder, resolve_model
 from profiler.jobs import ShardedEmbeddings
-from profiler.privacy import PrivacyPolicy, Pseudonymizer, Scrubber
+from profiler.privacy import ForgetReport, PrivacyPolicy, Pseudonymizer, Scrubber
 from profiler.profiles import (
     ProfileBuilder,
     ProfileConfig,
@@ -1433,6 +1433,202 @@ class Workspace:
         }
         if self.add_events(pd.DataFrame([event]), _stored_ids=stored) != 1:
             raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
+
+    def forget(self, user: str, *, retrain: bool = True, keep_models: bool = False) -> ForgetReport:
+        """Delete a shopper everywhere, in a new generation, and say what was removed.
+
+        Her events go, with the vectors of texts only she wrote (in the event vectors
+        and the embedding cache), her profile and user-index entry (all profiles and
+        counts are refitted from the remaining events, so co-occurrence and trending
+        counts lose her contributions), her tag overrides and her quarantined rows.
+        With ``retrain`` (default) the ranker is trained again without her rows;
+        otherwise the old ranker is kept and the report says so. A tag or sentiment
+        model trained on this workspace's data that she contributed to is removed
+        (``keep_models=True`` keeps it; the report lists what went): train it again.
+        Old generations are deleted once no open workspace holds them.
+        """
+        from profiler.embedding import text_keys
+        from profiler.privacy import drop_quarantined
+
+        stored = self.stored_id(user)
+        with self._writing(drop=self._models_with(stored, keep_models)) as staged:
+            rows = self._user_rows[stored]
+            mine = self.events.iloc[rows]
+            rest = self.events.drop(self.events.index[rows]).reset_index(drop=True)
+            her_rows = set(mine["text_row"][mine["text_row"] >= 0].tolist())
+            others = set(rest["text_row"][rest["text_row"] >= 0].tolist())
+            only_hers = sorted(her_rows - others)
+            keep = np.setdiff1d(np.arange(len(self.event_vectors)), only_hers)
+            remap = np.full(len(self.event_vectors) + 1, -1, dtype=np.int64)
+            remap[keep] = np.arange(len(keep))
+            rest["text_row"] = remap[rest["text_row"].to_numpy()]  # -1 reads the last: -1
+            texts = mine.drop_duplicates("text_row").set_index("text_row")["text"]
+            her_texts = [texts[r] for r in only_hers]
+            documents = set(item_document(r) for r in self.items.to_dict(orient="records"))
+            cache = self.embedder.cache
+            cache_removed = (
+                cache.remove(text_keys([t for t in her_texts if t not in documents]))
+                if cache is not None
+                else 0
+            )
+            quarantined = drop_quarantined(self.path / "quarantine", stored)
+            overrides = self.tag_overrides()
+            had_overrides = stored in overrides.users
+            overrides.reset(stored)
+            overrides.save(staged / "overrides.json")
+            in_index = stored in self.user_index
+            self._set_events(rest, np.ascontiguousarray(self.event_vectors[keep]))
+            model = self.recommender
+            if retrain:
+                with _one_thread():
+                    fitted = TwoStageRecommender(self.profile_config).fit(
+                        self.corpus(), item_index=self.item_index
+                    )
+                fitted.item_text_ = self._item_text
+                fitted.lexical_ = model.lexical_  # items only: unchanged, not rewritten
+                self._model = fitted
+                save_scorer(fitted.scorer_, staged / "models", fitted.report_)
+                write_json(staged / "models" / "recommender.json", fitted.describe())
+            else:
+                model.set_state(model.fit_state(rest, model.state_.user_index))
+            self._save_state(staged)
+            removed = [a for a in self.manifest.get("artifacts", {}) if not (staged / a).exists()]
+            for name in removed:
+                self.manifest["artifacts"].pop(name)
+            if removed:
+                self._tag_model = self._tag_level = self._styles = self._sentiment = None
+            self._overrides = None
+        held = [g.name for g in self.store.generations.iterdir() if g.name != self.generation]
+        report = ForgetReport(
+            user=user,
+            events=len(mine),
+            texts=len(only_hers),
+            profile=True,
+            user_index=in_index,
+            overrides=had_overrides,
+            cache_entries=cache_removed,
+            quarantine_rows=quarantined,
+            ranker="retrained" if retrain else "kept",
+            models_removed=tuple(removed),
+            generation=self.generation,
+            old_generations_held=tuple(held),
+        )
+        logger.info("forgot %s: %s", user, report.to_dict())
+        return report
+
+    def export_aggregates(
+        self,
+        epsilon: float,
+        *,
+        budget: float | None = None,
+        per_user: int = 3,
+    ) -> pd.DataFrame:
+        """Differentially private counts of shoppers: interest per top-level category by
+        activity segment (1, 2-4 or 5+ events), and tag popularity (categories at the
+        tagger's level, or the second level without a tagger).
+
+        Each shopper counts toward her ``per_user`` strongest categories of each
+        statistic (positive evidence, decayed like her profile); ``epsilon`` is spent
+        from the workspace's budget (``budget`` sets it on first use; default 1.0),
+        recorded in the manifest, and refused with :class:`~profiler.privacy.
+        BudgetSpentError` when it would overspend. Rebuilds keep the record.
+        """
+        import math
+
+        from profiler.privacy import BudgetSpentError, dp_aggregates
+        from profiler.tags.taxonomy import category_tag
+
+        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+        dp = dict(self.manifest.get("privacy", {}).get("dp") or {})
+        total = dp.get("budget")
+        if total is None:
+            total = 1.0 if budget is None else float(budget)
+            if not (math.isfinite(total) and total > 0):
+                raise ValueError(f"budget must be a positive number, got {budget!r}")
+        elif budget is not None and float(budget) != total:
+            raise ValueError(
+                f"{self.path}: the privacy budget is already {total}; it cannot be changed"
+            )
+        spent = float(dp.get("spent", 0.0))
+        if spent + epsilon > total + 1e-12:
+            raise BudgetSpentError(
+                f"{self.path}: epsilon {epsilon} would exceed the privacy budget "
+                f"({spent:g} of {total:g} spent); no more aggregates can be released"
+            )
+        level = self.tag_level if (self.tags_dir / "tagging.json").is_file() else 2
+        categories = self.items.set_index("item_id")["category"].fillna("").to_dict()
+        events = self.events[self.events["item_id"] != ""]
+        builder = ProfileBuilder(self.profile_config)
+        weight = event_evidence(builder, events, self.item_index, self.event_vectors).weights
+        frame = pd.DataFrame(
+            {
+                "user": events["user_id"].to_numpy(),
+                "category": [categories.get(i, "") for i in events["item_id"]],
+                "weight": np.asarray(weight, dtype=float),
+            }
+        )
+        frame = frame[(frame["weight"] > 0) & (frame["category"] != "")]
+        n_events = self.events.groupby("user_id").size()
+        segment_of = pd.cut(n_events, [0, 1, 4, np.inf], labels=["1", "2-4", "5+"]).astype(str)
+        rows = []
+        for statistic, to_key, segments in (
+            ("category_interest", lambda c: category_tag(c, "top"), True),
+            ("tag_popularity", lambda c: category_tag(c, level), False),
+        ):
+            keyed = frame.assign(key=frame["category"].map(to_key))
+            keyed = keyed.groupby(["user", "key"], as_index=False)["weight"].sum()
+            keyed = keyed.sort_values(["user", "weight"], ascending=[True, False])
+            keyed["segment"] = keyed["user"].map(segment_of) if segments else "all"
+            keyed["statistic"] = statistic
+            rows.append(keyed[["user", "statistic", "segment", "key"]])
+        table = pd.concat(rows, ignore_index=True)
+        names = self.items["category"].fillna("")
+        names = names[names != ""]
+        domain = {
+            "category_interest": [
+                (segment, key)
+                for segment in ("1", "2-4", "5+")
+                for key in sorted({category_tag(c, "top") for c in names})
+            ],
+            "tag_popularity": [("all", k) for k in sorted({category_tag(c, level) for c in names})],
+        }
+        released = dp_aggregates(table, domain, epsilon=epsilon, per_user=per_user)
+        with self._writing():
+            record = {
+                "budget": total,
+                "spent": spent + epsilon,
+                "releases": [
+                    *dp.get("releases", []),
+                    {"epsilon": epsilon, "per_user": per_user, "when": _now()},
+                ],
+            }
+            self.manifest.setdefault("privacy", {})["dp"] = record
+        return released
+
+    def _models_with(self, stored: str, keep: bool) -> list[str]:
+        """Derived models trained on this workspace's data that ``stored`` contributed
+        to: her text events (tags) or her own star ratings (sentiment)."""
+        if keep:
+            return []
+        mine = self.events.iloc[self._user_rows[stored]]
+        contributed = {
+            "models/tags": bool((mine["text"] != "").any()),
+            "models/sentiment": bool(
+                ((mine["kind"] == "review") & mine["rating"].notna() & ~mine["rating_predicted"])
+                .to_numpy()
+                .any()
+            ),
+        }
+        registry = self.manifest.get("artifacts", {})
+        out = []
+        for name, used in contributed.items():
+            if not (self.data / name).exists() or not used:
+                continue
+            source = registry.get(name, {}).get("built_from", {"workspace": None})
+            if "workspace" in source:  # unregistered models are taken as trained here
+                out.append(name)
+        return out
 
     def _index_user(self, profile) -> None:
         vector = profile.vector

@@ -153,7 +153,9 @@ def test_add_events_equals_rebuild(tmp_path, tiny_frames, embedder):
         assert np.allclose(a.pos_sum, b.pos_sum, atol=1e-5)
         assert np.allclose(a.centres, b.centres, atol=1e-5)
     reopened = Workspace.open(ws.path, embedder=embedder)
-    assert reopened.stored_id("newcomer") in reopened.user_index and len(reopened.events) == len(events)
+    assert reopened.stored_id("newcomer") in reopened.user_index and len(reopened.events) == len(
+        events
+    )
     assert reopened.recommend("newcomer", k=3).ids == full.recommend("newcomer", k=3).ids
 
 
