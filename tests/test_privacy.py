@@ -167,7 +167,7 @@ def test_forget_leaves_nothing_derived_from_her(private_ws, embedder):
     assert report.events == 2 and report.texts == 2 and report.user_index
     assert report.quarantine_rows == 1 and report.cache_entries == 2
     assert report.ranker == "retrained" and report.old_generations_held == ()
-    with pytest.raises(KeyError, match="alice.smith"):
+    with pytest.raises(KeyError, match=r"alice\.smith"):
         ws.recommend("alice.smith")
     assert ws.users == others and len(ws.event_vectors) == ws.events["text_row"].max() + 1
     needles = [pseudonym, "alice.smith", *(t[:24] for t in her_texts)]
@@ -180,7 +180,7 @@ def test_forget_leaves_nothing_derived_from_her(private_ws, embedder):
             assert blob not in raw, path
     reopened = Workspace.open(ws.path, embedder=embedder)
     assert reopened.users == others and reopened.recommend(others[0], k=3).ids
-    with pytest.raises(KeyError, match="alice.smith"):
+    with pytest.raises(KeyError, match=r"alice\.smith"):
         reopened.forget("alice.smith")
 
 
