@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import sparse
 
 from profiler.profiles import SECONDS_PER_DAY, UserProfile
-from profiler.storage import read_json, save_npy, write_json
+from profiler.storage import atomic_path, read_json, save_npy, write_json
 from profiler.vectors import VectorIndex
 
 __all__ = [
@@ -293,8 +293,11 @@ class Interactions:
         return best if within is None else within[best]
 
     def save(self, directory: Path) -> None:
-        sparse.save_npz(directory / "interactions.positives.npz", self.positives_)
-        sparse.save_npz(directory / "interactions.cooccurrence.npz", self.cooccurrence_)
+        # through a temporary name: the target may be a hard link into the previous
+        # generation (profiler.store), which an in-place write would change too
+        for name, matrix in (("positives", self.positives_), ("cooccurrence", self.cooccurrence_)):
+            with atomic_path(directory / f"interactions.{name}.npz") as tmp, open(tmp, "wb") as fh:
+                sparse.save_npz(fh, matrix)
         save_npy(directory / "interactions.counts.npy", self.counts_)
         save_npy(directory / "interactions.trend.npy", self.trend_)
         save_npy(
@@ -357,6 +360,10 @@ class LexicalIndex:
         return np.asarray(self.bm25_.get_scores(tokens[0]), dtype=np.float32)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
+        directory = Path(directory)
+        if directory.is_dir():  # bm25s writes in place: never through a linked file
+            for old in directory.iterdir():
+                old.unlink()
         self.bm25_.save(str(directory), show_progress=False)
         write_json(Path(directory) / "lexical.json", {"n_items": self.n_items_})
 

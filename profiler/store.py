@@ -199,7 +199,7 @@ class Store:
         """Hold the workspace's exclusive writer lock (non-blocking: a second writer gets
         :class:`WriteLockedError`). Stale temporary files are removed on entry."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.root / ".lock", "a") as fh:
+        with os.fdopen(os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

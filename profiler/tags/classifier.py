@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from profiler.embedding import resolve_model
-from profiler.storage import read_json, write_json
+from profiler.storage import atomic_path, read_json, write_json
 from profiler.tags.calibration import TemperatureScaler, fit_thresholds
 from profiler.tags.lexical import class_rows
 from profiler.tags.taxonomy import Taxonomy
@@ -336,7 +336,8 @@ class TagClassifier:
         self.encoder_.save_pretrained(directory, safe_serialization=True)
         self.tokenizer_.save_pretrained(directory)
         head = {k: v.detach().cpu().contiguous() for k, v in self.head_.state_dict().items()}
-        save_file(head, str(directory / "head.safetensors"))
+        with atomic_path(directory / "head.safetensors") as tmp:
+            save_file(head, str(tmp))
         self.taxonomy_.save(directory / "taxonomy.json")
         write_json(
             directory / "thresholds.json",
