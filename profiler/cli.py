@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_common(embed)
 
+    add = commands.add_parser("add-events", help="append events; affected profiles update")
+    add.add_argument("--workspace", required=True, type=Path)
+    add.add_argument("--events", required=True, type=Path, help="events: CSV, JSONL or Parquet")
+    _add_common(add)
+
     search = commands.add_parser("search", help="items matching a text query")
     search.add_argument("--workspace", required=True, type=Path)
     search.add_argument("query", nargs="+", help="query text (several words are one query)")
@@ -307,6 +312,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         scrub=args.scrub,
     )
     print(ws)
+    return 0
+
+
+def cmd_add_events(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=_progress(args))
+    added = ws.add_events(args.events)
+    print(f"{args.workspace}: {added} events added; generation {ws.generation}")
     return 0
 
 
@@ -611,6 +623,7 @@ COMMANDS = {
     "search": cmd_search,
     "recommend": cmd_recommend,
     "demo": cmd_demo,
+    "add-events": cmd_add_events,
     "forget": cmd_forget,
     "export-aggregates": cmd_export_aggregates,
     "verify": cmd_verify,

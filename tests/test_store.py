@@ -65,10 +65,12 @@ def test_a_killed_writer_leaves_the_old_generation_and_its_leftovers_are_removed
 
 def test_one_writer_at_a_time(tmp_path):
     store = Store(tmp_path / "ws")
-    with store.write_lock():
-        with pytest.raises(WriteLockedError, match="another process is writing"):
-            with Store(tmp_path / "ws").write_lock():
-                pass
+    with (
+        store.write_lock(),
+        pytest.raises(WriteLockedError, match="another process is writing"),
+        Store(tmp_path / "ws").write_lock(),
+    ):
+        pass
 
 
 def test_digest_counts_non_finite_values_in_arrays(tmp_path):
@@ -190,7 +192,7 @@ def test_a_lost_pseudonym_key_is_named(pristine, tmp_path):
     path = tmp_path / "ws"
     shutil.copytree(pristine, path)
     (path / "privacy.key").unlink()
-    with pytest.raises(FileNotFoundError, match="privacy.key: the workspace's pseudonym key"):
+    with pytest.raises(FileNotFoundError, match=r"privacy\.key: the workspace's pseudonym key"):
         Workspace.open(path)
 
 
@@ -199,7 +201,7 @@ def test_writers_never_change_a_published_generation(pristine, tmp_path, tiny_fr
     hard-linked between generations: an in-place write would corrupt the old one)."""
     path = tmp_path / "ws"
     shutil.copytree(pristine, path)
-    items, events = tiny_frames
+    _, events = tiny_frames
     ws = Workspace.open(path, embedder=embedder)
     held = []
     user = events["user_id"].iloc[0]
