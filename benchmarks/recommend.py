@@ -196,7 +196,7 @@ def demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if (workspace / "manifest.json").is_file():
+    if (workspace / "CURRENT").is_file():
         ws = profiler.open(workspace, device="cpu", show_progress_bar=False)
     else:
         logger.warning("building %s from the bundled data first", workspace)
@@ -588,9 +588,7 @@ def build_workspace(path: Path, files: ShopFiles) -> dict:
         If ``path`` exists and is neither a workspace nor empty (it is never removed).
     """
     if path.exists():
-        if not ((path / "manifest.json").is_file() or (path / ".lock").is_file()) and any(
-            path.iterdir()
-        ):
+        if not ((path / "CURRENT").is_file() or (path / ".lock").is_file()) and any(path.iterdir()):
             raise ValueError(f"{path}: exists and is not a workspace; not removing it")
         shutil.rmtree(path)
     handler = _LogTimes()
@@ -820,7 +818,7 @@ def scale(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.no_build:
-        if not (workspace / "manifest.json").is_file():
+        if not (workspace / "CURRENT").is_file():
             raise SystemExit(f"{workspace}: no workspace to serve; run without --no-build")
         build = {"skipped": f"--no-build: served the workspace built earlier in {workspace}"}
     else:

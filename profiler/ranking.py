@@ -27,7 +27,6 @@ More evidence that others want an item may only help it.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -158,12 +157,15 @@ class RankerConfig:
 
 def _zscore(features: np.ndarray) -> np.ndarray:
     """Features standardised within one shopper's candidates (NaN and constant: 0)."""
-    x = np.where(np.isfinite(features), features, np.nan)
-    with warnings.catch_warnings():  # an all-NaN column (no prices) is expected
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
-        std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
-    mean = np.nan_to_num(mean)
+    finite = np.isfinite(features)
+    x = np.where(finite, features, np.nan)
+    # nanmean/nanstd by hand: an all-NaN column (no prices) is expected, and silencing
+    # numpy's warning with warnings.catch_warnings is not thread-safe (serving threads)
+    count = finite.sum(axis=0)
+    values = np.where(finite, features, 0.0)
+    mean = values.sum(axis=0) / np.maximum(count, 1)
+    var = (np.where(finite, values - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
+    std = np.where(count > 0, np.sqrt(var), 0.0)
     z = (np.nan_to_num(x, nan=0.0) - mean) / np.where(std > 1e-9, std, 1.0)
     z[:, ~(std > 1e-9)] = 0.0
     return np.where(np.isnan(x), 0.0, z)

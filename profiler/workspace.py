@@ -966,6 +966,13 @@ class Workspace:
         write_json(target / "models" / "recommender.json", ws._model.describe())
         ws._save_state(target)
         manifest["artifacts"] = _carried_artifacts(previous, manifest["catalogue"], target)
+        # the ranker, BM25 and counts are refitted by every build: from this one's inputs
+        for name in ("models/recommender.json", "lexical"):
+            manifest["artifacts"][name] = {
+                "built_from": {"workspace": "this generation"},
+                "catalogue": manifest["catalogue"],
+                "trained": now,
+            }
         return ws
 
     @classmethod

@@ -285,5 +285,6 @@ def test_a_reader_process_during_rebuilds_sees_whole_generations(tmp_path, two_s
     out, err = reader.communicate(timeout=60)
     assert out, err[-2000:]
     summary = json.loads(out.splitlines()[-1])
+    print(f"reader during 20 rebuilds: {summary}")  # for the record (pytest -s)
     assert summary["errors"] == 0 and summary["mixed"] == 0, summary
     assert summary["opens"] >= 20 and summary["generations"] >= 2, summary
