@@ -725,6 +725,13 @@ class Workspace:
             (overrides.pin if pin else overrides.remove)(stored, tag)
             overrides.save(staged / "overrides.json")
 
+    @property
+    def _text_rows(self) -> dict[str, int]:
+        """Event text -> its row in ``event_vectors`` (only updates need it: built then)."""
+        if self._text_row_map is None:
+            self._text_row_map = dict(zip(self.events["text"], self.events["text_row"]))
+        return self._text_row_map
+
     def _set_events(self, events: pd.DataFrame, event_vectors: np.ndarray) -> None:
         # workspaces built before sentiment have no flag: none of their ratings is predicted
         flag = events.get("rating_predicted", False)
@@ -732,7 +739,7 @@ class Workspace:
         self.events = events
         self.event_vectors = event_vectors
         self._user_rows = events.groupby("user_id", sort=False).indices
-        self._text_rows = dict(zip(events["text"], events["text_row"]))
+        self._text_row_map: dict[str, int] | None = None  # built by the first update
         self._corpus: Corpus | None = None
         if self._model is not None:
             self._model.text_vectors_ = event_vectors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +212,7 @@ def test_excel_csv_utf8_bom_and_padded_header(tmp_path):
     assert loaded.frame["title"].tolist() == ["Wool coat", "Linen shirt"]
 
 
-def test_id_rules_control_characters_length_and_unicode_forms(tmp_path):
+def test_id_rules_control_characters_length_and_unicode_forms(tmp_path, caplog):
     events = pd.DataFrame(
         {
             "user_id": ["ok\x00", "x" * 1_000_000, "Jose\u0301", "Jos\u00e9", "tab\there"],
@@ -220,7 +221,9 @@ def test_id_rules_control_characters_length_and_unicode_forms(tmp_path):
             "text": ["a", "b", "c", "d", "e"],
         }
     )
-    loaded = load_events(events)
+    with caplog.at_level(logging.WARNING, logger="profiler.data.validation"):
+        loaded = load_events(events)
+    assert "1 user ids were not in Unicode NFC form" in caplog.text  # said, not silent
     reasons = {r.row: (r.field, r.reason) for r in loaded.report.rejections}
     assert reasons[1][0] == "user_id" and "U+0000" in reasons[1][1]
     assert reasons[2][0] == "user_id" and "longer than" in reasons[2][1]

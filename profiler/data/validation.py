@@ -454,12 +454,16 @@ def load_events(
     latest = time.time() + FUTURE_TOLERANCE_S
     distinct: set[tuple] = set()
     duplicates = 0
+    renormalised: set[str] = set()
     for number, record in records:
         n_rows += 1
         keys.update(record)
         try:
             _unreadable(record)
             row = _event(record, known, latest)
+            raw = record.get("user_id")
+            if isinstance(raw, str) and raw.strip() != row["user_id"]:
+                renormalised.add(row["user_id"])
             if privacy is not None:
                 row["user_id"] = privacy.user(row["user_id"])
                 row["text"] = privacy.text(row["text"])
@@ -473,6 +477,13 @@ def load_events(
         distinct.add(key)
         rows.append(row)
     _check_seen_columns(name, keys, EVENT_REQUIRED, n_rows)
+    if renormalised:  # NFD and NFC spellings of one id are one shopper: say so
+        logger.warning(
+            "%s: %d user ids were not in Unicode NFC form and were normalised (look-alike "
+            "spellings of one id count as one shopper)",
+            name,
+            len(renormalised),
+        )
     return _finish(
         name,
         rows,
