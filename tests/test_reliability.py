@@ -128,6 +128,7 @@ def test_kill_build_at_every_stage_leaves_old_or_new(tmp_path, two_states, embed
     new = _serves(done, embedder, users)[1:]
     assert old != new
     points = kill_points(total["renames"])
+    print(f"build: {total['renames']} renames, killed before {points}")  # pytest -s
     assert len(points) >= 5
     for n in points:
         target = tmp_path / f"kill-{n}"
@@ -154,6 +155,7 @@ def test_kill_add_events_leaves_old_or_new(tmp_path, two_states, embedder):
     _, new_events, new = _serves(done, embedder, users)
     assert new_events > old_events
     points = kill_points(total)
+    print(f"add_events: {total} renames, killed before {points}")
     assert len(points) >= 5
     for n in points:
         target = tmp_path / f"kill-{n}"
@@ -174,6 +176,7 @@ def test_kill_embed_job_resumes_to_identical_vectors(tmp_path, two_states):
     total = json.loads(run_driver(10**6, "embed", clean, p["new_items"], "-").stdout)["renames"]
     expected = ShardedEmbeddings(clean)
     points = kill_points(total)
+    print(f"embed: {total} renames, killed before {points}")
     assert len(points) >= 5
     for n in points:
         out = tmp_path / f"kill-{n}"
