@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from profiler.explore import POLICIES
 from profiler.jobs import DTYPES, EmbedJob
 from profiler.workspace import Results, UnknownUserError, Workspace
 
@@ -102,6 +103,41 @@ def _parser() -> argparse.ArgumentParser:
     aggregates.add_argument("--json", action="store_true", help="one JSON object per count")
     _add_common(aggregates)
 
+    feedback = commands.add_parser("feedback", help="a shopper's answer to a shown item")
+    feedback.add_argument("--workspace", required=True, type=Path)
+    feedback.add_argument("--user", required=True)
+    feedback.add_argument("--item", required=True)
+    feedback.add_argument("--reward", required=True, type=float, help="0..1 (1: liked)")
+    feedback.add_argument("--event-id", help="counted once however often it is sent")
+    feedback.add_argument("--timestamp", type=float, help="unix seconds (default: now)")
+    _add_common(feedback)
+
+    simulate = commands.add_parser(
+        "simulate", help="replay held-out interactions under an explore policy"
+    )
+    simulate.add_argument("--workspace", required=True, type=Path)
+    simulate.add_argument("--policy", default="thompson", choices=list(POLICIES))
+    simulate.add_argument("--strength", type=float, help="explore strength (default: the config's)")
+    simulate.add_argument("--rounds", type=int, default=10)
+    simulate.add_argument("-k", type=int, default=10)
+    simulate.add_argument("--users", type=int, default=1000, help="shoppers sampled (0: all)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--json", action="store_true", help="one JSON object")
+    _add_common(simulate)
+
+    compare = commands.add_parser(
+        "compare", help="offline A/B of two explore configs, paired bootstrap intervals"
+    )
+    compare.add_argument("--workspace", required=True, type=Path)
+    compare.add_argument("--a", required=True, help="config: 'policy=exploit', JSON or a file")
+    compare.add_argument("--b", required=True, help="config: 'policy=thompson,strength=0.3'")
+    compare.add_argument("--rounds", type=int, default=10)
+    compare.add_argument("-k", type=int, default=10)
+    compare.add_argument("--users", type=int, default=1000, help="shoppers sampled (0: all)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--json", action="store_true", help="one JSON object per metric")
+    _add_common(compare)
+
     verify = commands.add_parser("verify", help="check every workspace file against its manifest")
     verify.add_argument("--workspace", required=True, type=Path)
     _add_common(verify)
@@ -152,6 +188,13 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument(
         "--diversity", type=float, default=0.0, help="0..1: re-rank by maximal marginal relevance"
     )
+    recommend.add_argument(
+        "--explore",
+        help="mix in explore items: a strength 0..1 for the workspace's policy, or a config "
+        "('policy=thompson,strength=0.3', JSON, or a JSON file); each item then shows its "
+        "source and propensity",
+    )
+    recommend.add_argument("--seed", type=int, help="seed of the explore policy's sampling")
     recommend.add_argument("--json", action="store_true", help="one JSON object per line")
     recommend.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_common(recommend)
@@ -361,6 +404,70 @@ def cmd_export_aggregates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    counted = ws.feedback(
+        args.user,
+        args.item,
+        reward=args.reward,
+        timestamp=args.timestamp,
+        event_id=args.event_id,
+    )
+    what = "counted" if counted else "already counted (same event id): nothing changed"
+    print(f"feedback of {args.user!r} on {args.item!r}: {what}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from profiler.explore import ExploreConfig, simulate
+
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    config = replace(ws.explore_config(), policy=args.policy)
+    if args.strength is not None:
+        config = replace(config, strength=args.strength)
+    result = simulate(
+        ws,
+        ExploreConfig.from_dict(config.to_dict()),
+        rounds=args.rounds,
+        k=args.k,
+        seed=args.seed,
+        max_users=args.users or None,
+    )
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>26}: {value}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from profiler.explore import ExploreConfig, compare
+
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    rows = compare(
+        ws,
+        ExploreConfig.parse(args.a),
+        ExploreConfig.parse(args.b),
+        rounds=args.rounds,
+        k=args.k,
+        seed=args.seed,
+        max_users=args.users or None,
+    )
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(
+                f"{row['metric']:>24}: A {row['a']:.4f}  B {row['b']:.4f}  B-A {row['diff']:+.4f} "
+                f"[{row['low']:+.4f}, {row['high']:+.4f}]  {row['verdict']}"
+            )
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace, show_progress_bar=False, mmap=True)
     files = ws.manifest["files"]
@@ -414,6 +521,12 @@ def _read_user_file(path: Path) -> list[str]:
 def cmd_recommend(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False, mmap=True)
     options = {"k": args.k, "categories": args.category, "diversity": args.diversity}
+    if args.explore is not None:
+        try:
+            explore = float(args.explore)
+        except ValueError:
+            explore = args.explore
+        options.update(explore=explore, seed=args.seed)
     if args.history is not None:
         results = ws.recommend(history=args.history, **options)
         _emit(args, "user_id", None, "anonymous shopper", results)
@@ -627,6 +740,9 @@ COMMANDS = {
     "forget": cmd_forget,
     "export-aggregates": cmd_export_aggregates,
     "verify": cmd_verify,
+    "feedback": cmd_feedback,
+    "simulate": cmd_simulate,
+    "compare": cmd_compare,
 }
 
 

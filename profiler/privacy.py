@@ -243,6 +243,7 @@ class ForgetReport:
     profile: bool
     user_index: bool
     overrides: bool
+    explore_state: bool
     cache_entries: int
     quarantine_rows: int
     ranker: str  # "retrained" without her, or "kept" (trained before, with her rows)

@@ -92,7 +92,7 @@ class Results(NamedTuple):
     def records(self) -> list[dict]:
         """``[{"item_id", "score", "title"[, "reasons"]}, ...]`` for JSON output."""
         out = [
-            {"item_id": i, "score": round(float(s), 6), "title": t}
+            {"item_id": i, "score": round(float(s), 6) if np.isfinite(s) else None, "title": t}
             for i, s, t in zip(self.ids, self.scores, self.titles)
         ]
         for record, reason in zip(out, self.reasons or ()):
@@ -300,6 +300,8 @@ class Workspace:
         self._brands: np.ndarray | None = None
         self._tag_level: str | int | None = None
         self._overrides = None
+        self._arms = None
+        self._explore = None
         shown = items["display_title"] if "display_title" in items else items["title"]
         self._titles = dict(zip(items["item_id"], shown))
         self._categories = dict(zip(items["item_id"], items["category"].fillna("")))
@@ -740,6 +742,7 @@ class Workspace:
         self.event_vectors = event_vectors
         self._user_rows = events.groupby("user_id", sort=False).indices
         self._text_row_map: dict[str, int] | None = None  # built by the first update
+        self._explore_events = None
         self._corpus: Corpus | None = None
         if self._model is not None:
             self._model.text_vectors_ = event_vectors
@@ -1231,6 +1234,8 @@ class Workspace:
         k: int = 10,
         categories: Sequence[str] | None = None,
         diversity: float = 0.0,
+        explore=None,
+        seed: int | None = None,
     ) -> Results:
         """Items for a known user, or for an anonymous shopper described by texts.
 
@@ -1253,6 +1258,15 @@ class Workspace:
             ``"Dresses > Casual"``).
         diversity : float
             0 (default) ranks by score; up to 1 re-ranks by maximal marginal relevance.
+        explore : float or str or dict or ExploreConfig, optional
+            Mix explore items into the slate (:mod:`profiler.explore`): a strength in
+            [0, 1] for the workspace's policy (``True``: its default strength), a config
+            (``"policy=ucb,strength=0.2"``, a dict or a JSON file). Each item's reasons
+            then carry its ``source`` (``exploit`` or ``explore:<arm>``) and
+            ``propensity``, the probability the policy shows it in that slot. ``None`` or
+            0 (default): the plain ranking.
+        seed : int, optional
+            Seeds the policy's sampling (reproducible slates).
         """
         if (user is None) == (history is None):
             raise ValueError("pass exactly one of user= or history=")
@@ -1313,6 +1327,11 @@ class Workspace:
             if diversity > 0 and len(rows):
                 order = mmr(ranked.scores[rows], ranked.candidates.vectors[rows], k, diversity)
                 rows = rows[order]
+            config = self._resolve_explore(explore)
+            if config is not None:
+                return self._explore_slate(
+                    user, shopper, ranked, rows, k, config, seed, allowed, removed_tags
+                )
             rows = rows[:k]
             contributions = model.explain_rows(ranked, rows)
         ids = [catalogue.item_ids[p] for p in ranked.positions[rows]]
@@ -1324,6 +1343,95 @@ class Workspace:
             ranked.scores[rows].astype(np.float32),
             [self._titles[i] for i in ids],
             reasons,
+        )
+
+    def _resolve_explore(self, explore):
+        """``recommend``'s ``explore`` argument as a config, or ``None`` for no exploration."""
+        from dataclasses import replace
+
+        from profiler.explore import ExploreConfig
+
+        if explore is None or explore is False:
+            return None
+        if explore is True:
+            config = self.explore_config()
+        elif isinstance(explore, ExploreConfig):
+            config = explore
+        elif isinstance(explore, (int, float)):
+            config = replace(self.explore_config(), strength=float(explore))
+        else:
+            config = ExploreConfig.parse(explore)
+        if config.policy == "exploit" or (config.policy != "epsilon" and config.strength == 0):
+            return None
+        if config.policy == "epsilon" and config.epsilon == 0:
+            return None
+        return config
+
+    def _explore_slate(
+        self, user, shopper, ranked, rows, k, config, seed, allowed, removed_tags
+    ) -> Results:
+        """A slate mixing the exploit order with explore items, with propensities."""
+        from profiler.explore import context_features, make_slate
+
+        model = self.recommender
+        catalogue = model.catalogue_
+        arms = self.explore_arms()
+        permitted = np.ones(len(catalogue.item_ids), dtype=bool)
+        if allowed is not None:
+            permitted &= allowed[: len(permitted)]
+        if removed_tags:
+            from profiler.tags.taxonomy import category_tag
+
+            names, level, dropped = catalogue.category_names, self.tag_level, set(removed_tags)
+            tags = np.array(
+                [category_tag(n, level) in dropped for n in names] + [False], dtype=bool
+            )
+            permitted &= ~tags[catalogue.categories]
+        seen = set()
+        if user is not None:
+            position = catalogue.position
+            seen = {position[i] for i in self.user_events(user)["item_id"] if i in position}
+        seen |= set(np.flatnonzero(~permitted).tolist())
+        alpha, beta = self._explore_prior(user, config)
+        succ, fail = self.explore_state().counts(user)
+        # alpha + beta - 2 of an arm = her positives + prior_strength + her trials on it
+        positives = alpha[0] + beta[0] - 2 - succ[0] - fail[0] - config.prior_strength
+        evidence = float(positives + succ.sum() + fail.sum())
+        when = datetime.now(timezone.utc).timestamp()
+        slate = make_slate(
+            ranked.positions[rows],
+            k,
+            arms,
+            config,
+            alpha,
+            beta,
+            evidence=max(evidence, 0.0),
+            rng=np.random.default_rng(seed),
+            exclude=seen,
+            context=context_features(when),
+            state=self.explore_state(),
+            rounds=int(succ.sum() + fail.sum()),
+        )
+        row_of = {int(p): r for r, p in enumerate(ranked.positions)}
+        in_ranked = [row_of.get(int(p)) for p in slate.positions]
+        known = np.array([r for r in in_ranked if r is not None], dtype=np.int64)
+        contributions = model.explain_rows(ranked, known) if len(known) else []
+        explained = dict(zip(known.tolist(), contributions))
+        ids, scores, reasons = [], [], []
+        for p, r, source, propensity in zip(
+            slate.positions, in_ranked, slate.sources, slate.propensities
+        ):
+            ids.append(catalogue.item_ids[p])
+            if r is not None:
+                scores.append(float(ranked.scores[r]))
+                reason = self._reasons(shopper, ranked, r, explained[r])
+            else:  # an arm's trending item the channels did not propose
+                scores.append(float("nan"))
+                reason = {"channels": ["explore"], "features": [], "closest": None}
+            reason.update(source=source, propensity=round(float(propensity), 6))
+            reasons.append(reason)
+        return Results(
+            ids, np.array(scores, dtype=np.float32), [self._titles[i] for i in ids], reasons
         )
 
     def _reasons(self, shopper, ranked, row: int, contributions: np.ndarray) -> dict:
@@ -1373,6 +1481,17 @@ class Workspace:
         int
             Number of events added.
         """
+        prepared = self._prepare_events(events, stored_ids=_stored_ids)
+        if prepared is None:
+            return 0
+        with self._writing() as staged:
+            self._append(*prepared)
+            self._save_state(staged)
+        return len(prepared[0])
+
+    def _prepare_events(self, events, *, stored_ids: bool = False):
+        """Validated new events, sorted, with their fresh texts embedded (outside any lock:
+        queries go on meanwhile); ``None`` when no row is valid."""
         if self.item_index.read_only:
             raise ValueError(
                 f"{self.path}: opened with mmap=True, read-only; open it without mmap to add events"
@@ -1382,71 +1501,185 @@ class Workspace:
             items=self.items["item_id"],
             quarantine=self.path / "quarantine" / "events-added.jsonl",
             # raw ids are mapped to pseudonyms; ids the workspace itself stored are not
-            privacy=PrivacyPolicy(None, self.privacy.scrubber) if _stored_ids else self.privacy,
+            privacy=PrivacyPolicy(None, self.privacy.scrubber) if stored_ids else self.privacy,
         )
         new = loaded.frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
         if new.empty:
-            return 0
+            return None
         self._predict_ratings(new)
         fresh = [t for t in pd.unique(new["text"]) if t and t not in self._text_rows]
-        # embedded before the update starts: queries go on meanwhile
-        fresh_vectors = self.embedder.encode(fresh) if fresh else None
-        with self._writing() as staged:
-            vectors = self.event_vectors
-            if fresh_vectors is not None:
-                vectors = np.concatenate([vectors, fresh_vectors])
-            rows = dict(self._text_rows)
-            rows.update({t: len(self.event_vectors) + i for i, t in enumerate(fresh)})
-            new["text_row"] = new["text"].map(rows).fillna(-1).astype(np.int64)
-            old_rows = self._user_rows
-            events = pd.concat([self.events, new], ignore_index=True)
-            model = self.recommender
-            builder = model.builder_
-            profiles = model.state_.profiles
-            new_evidence = event_evidence(builder, new, self.item_index, vectors)
-            updated = {}
-            for user, rows in new.groupby("user_id", sort=False).indices.items():
-                user_new = type(new_evidence)(*(a[rows] for a in new_evidence))
-                if user in profiles and user in old_rows:
-                    history = event_evidence(
-                        builder, events.iloc[old_rows[user]], self.item_index, vectors
-                    )
-                    updated[user] = builder.update(profiles[user], user_new, history=history)
-                else:
-                    updated[user] = builder.build(user, user_new)
-            # every new piece computed: now change what queries read, all at once
-            self._set_events(events, vectors)
-            for user, profile in updated.items():
-                profiles[user] = profile
-                self._index_user(profile)
-            position = model.catalogue_.position
-            model.state_.interactions.add(
-                new["user_id"].to_numpy(),
-                np.array([position.get(i, -1) for i in new["item_id"]], dtype=np.int64),
-                new["timestamp"].to_numpy(dtype=np.float64),
-                new_evidence.weights > 0,
-            )
-            self._save_state(staged)
+        return new, fresh, self.embedder.encode(fresh) if fresh else None
+
+    def _append(self, new: pd.DataFrame, fresh: list[str], fresh_vectors) -> None:
+        """Append prepared events to the in-memory state (inside ``_writing``)."""
+        vectors = self.event_vectors
+        if fresh_vectors is not None:
+            vectors = np.concatenate([vectors, fresh_vectors])
+        rows = dict(self._text_rows)
+        rows.update({t: len(self.event_vectors) + i for i, t in enumerate(fresh)})
+        new["text_row"] = new["text"].map(rows).fillna(-1).astype(np.int64)
+        old_rows = self._user_rows
+        events = pd.concat([self.events, new], ignore_index=True)
+        model = self.recommender
+        builder = model.builder_
+        profiles = model.state_.profiles
+        new_evidence = event_evidence(builder, new, self.item_index, vectors)
+        updated = {}
+        for user, user_rows in new.groupby("user_id", sort=False).indices.items():
+            user_new = type(new_evidence)(*(a[user_rows] for a in new_evidence))
+            if user in profiles and user in old_rows:
+                history = event_evidence(
+                    builder, events.iloc[old_rows[user]], self.item_index, vectors
+                )
+                updated[user] = builder.update(profiles[user], user_new, history=history)
+            else:
+                updated[user] = builder.build(user, user_new)
+        # every new piece computed: now change what queries read, all at once
+        self._set_events(events, vectors)
+        self._text_row_map = rows
+        for profile in updated.values():
+            profiles[profile.user_id] = profile
+            self._index_user(profile)
+        position = model.catalogue_.position
+        model.state_.interactions.add(
+            new["user_id"].to_numpy(),
+            np.array([position.get(i, -1) for i in new["item_id"]], dtype=np.int64),
+            new["timestamp"].to_numpy(dtype=np.float64),
+            new_evidence.weights > 0,
+        )
         logger.info("added %d events for %d users", len(new), new["user_id"].nunique())
-        return len(new)
 
     def feedback(
-        self, user: str, item_id: str, *, liked: bool, timestamp: float | None = None
-    ) -> None:
-        """Record a like or dislike of a (recommended) item: just another event."""
+        self,
+        user: str,
+        item_id: str,
+        *,
+        liked: bool | None = None,
+        reward: float | None = None,
+        timestamp: float | None = None,
+        event_id: str | None = None,
+    ) -> bool:
+        """Record how a shopper answered a shown item: ``liked`` (True/False) or a graded
+        ``reward`` in [0, 1] (0.5 and above counts as a like).
+
+        One step updates her profile and the interaction counts (the answer is stored as a
+        like or dislike event) and her explore posterior for the item's arm
+        (:mod:`profiler.explore`). The same ``event_id`` given twice counts once: the
+        second call changes nothing and returns False. An unknown shopper or item is a
+        ``KeyError`` naming it.
+        """
+        import math
+
+        from profiler.explore import context_features
+
+        if (liked is None) == (reward is None):
+            raise ValueError("pass exactly one of liked= or reward=")
+        if reward is None:
+            reward = 1.0 if liked else 0.0
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise ValueError(f"reward must be a number in [0, 1], got {reward!r}")
+        if not (math.isfinite(reward) and 0.0 <= reward <= 1.0):
+            raise ValueError(f"reward must be in [0, 1], got {reward!r}")
+        stored = self.stored_id(user)
+        position = self.recommender.catalogue_.position
+        if item_id not in position:
+            raise KeyError(f"unknown item {item_id!r}: not in the catalogue")
+        state = self.explore_state()
+        key = None if event_id is None else f"{stored}\x1f{event_id}"
+        if key is not None and key in state.seen:
+            logger.info("feedback event %r of %s was counted before: ignored", event_id, user)
+            return False
         when = datetime.now(timezone.utc).timestamp() if timestamp is None else timestamp
-        try:
-            user, stored = self.stored_id(user), True
-        except UnknownUserError:
-            stored = False  # a new shopper's first signal
         event = {
-            "user_id": user,
+            "user_id": stored,
             "timestamp": when,
-            "kind": "like" if liked else "dislike",
+            "kind": "like" if reward >= 0.5 else "dislike",
             "item_id": item_id,
         }
-        if self.add_events(pd.DataFrame([event]), _stored_ids=stored) != 1:
+        prepared = self._prepare_events(pd.DataFrame([event]), stored_ids=True)
+        if prepared is None:
             raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
+        arm = int(self.explore_arms().of_item[position[item_id]])
+        with self._writing() as staged:
+            alpha, beta = self._explore_prior(stored)  # before this answer counts
+            self._append(*prepared)
+            context = context_features(float(when))
+            if arm >= 0:
+                context[-1] = alpha[arm] / (alpha[arm] + beta[arm])
+            state.update(stored, arm, float(reward), context)
+            if key is not None:
+                state.seen.add(key)
+            self._save_state(staged)
+            state.save(staged)
+        return True
+
+    # -- exploration ----------------------------------------------------------------------
+
+    def explore_arms(self):
+        """The explore arms (:class:`profiler.explore.Arms`): top-level categories, else
+        clusters of the item vectors; built once per open workspace."""
+        if self._arms is None:
+            from profiler.explore import Arms
+
+            model = self.recommender
+            catalogue = model.catalogue_
+            self._arms = Arms.from_catalogue(
+                catalogue.category_names,
+                catalogue.categories,
+                model.state_.interactions.trend_,
+                item_vectors=lambda: self.item_index.get(catalogue.item_ids),
+            )
+        return self._arms
+
+    def explore_state(self):
+        """Feedback counts and LinUCB state (:class:`profiler.explore.ExploreState`)."""
+        if self._explore is None:
+            from profiler.explore import CONTEXT_DIM, ExploreState
+
+            n_arms = len(self.explore_arms().names)
+            self._explore = ExploreState.load(self.data, n_arms, CONTEXT_DIM)
+        return self._explore
+
+    def _explore_positives(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each event's arm (-1: none) and whether it is positive evidence on an arm
+        (computed once per state of the events)."""
+        if self._explore_events is None:
+            builder = self.recommender.builder_
+            weights = event_evidence(
+                builder, self.events, self.item_index, self.event_vectors
+            ).weights
+            position = self.recommender.catalogue_.position
+            of_item = self.explore_arms().of_item
+            arm = np.array(
+                [of_item[position[i]] if i in position else -1 for i in self.events["item_id"]],
+                dtype=np.int64,
+            )
+            self._explore_events = (arm, (weights > 0) & (arm >= 0))
+        return self._explore_events
+
+    def _explore_prior(self, stored: str | None, config=None) -> tuple[np.ndarray, np.ndarray]:
+        """Her Beta posterior per arm: the prior from her positives and the population's,
+        plus her feedback counts (``None``: a new shopper)."""
+        from profiler.explore import prior
+
+        arm, positive = self._explore_positives()
+        n_arms = len(self.explore_arms().names)
+        population = np.bincount(arm[positive], minlength=n_arms).astype(float)
+        population = (population + 1.0) / (population.sum() + n_arms)
+        positives = np.zeros(n_arms)
+        if stored is not None and stored in self._user_rows:
+            rows = self._user_rows[stored]
+            positives = np.bincount(arm[rows[positive[rows]]], minlength=n_arms).astype(float)
+        alpha, beta = prior(config or self.explore_config(), positives, population)
+        succ, fail = self.explore_state().counts(stored)
+        return alpha + succ, beta + fail
+
+    def explore_config(self):
+        """The workspace's explore settings (``explore.config.json``), or the defaults."""
+        from profiler.explore import ExploreConfig
+
+        path = self.data / "explore.config.json"
+        return ExploreConfig.from_dict(read_json(path)) if path.is_file() else ExploreConfig()
 
     def forget(self, user: str, *, retrain: bool = True, keep_models: bool = False) -> ForgetReport:
         """Delete a shopper everywhere, in a new generation, and say what was removed.
@@ -1454,7 +1687,8 @@ class Workspace:
         Her events go, with the vectors of texts only she wrote (in the event vectors
         and the embedding cache), her profile and user-index entry (all profiles and
         counts are refitted from the remaining events, so co-occurrence and trending
-        counts lose her contributions), her tag overrides and her quarantined rows.
+        counts lose her contributions), her tag overrides, her explore posterior and
+        feedback ids, and her quarantined rows.
         With ``retrain`` (default) the ranker is trained again without her rows;
         otherwise the old ranker is kept and the report says so. A tag or sentiment
         model trained on this workspace's data that she contributed to is removed
@@ -1490,6 +1724,10 @@ class Workspace:
             had_overrides = stored in overrides.users
             overrides.reset(stored)
             overrides.save(staged / "overrides.json")
+            explore = self.explore_state()
+            had_explore = explore.forget(stored)
+            if had_explore or (self.data / "explore.json").is_file():
+                explore.save(staged)
             in_index = stored in self.user_index
             self._set_events(rest, np.ascontiguousarray(self.event_vectors[keep]))
             model = self.recommender
@@ -1520,6 +1758,7 @@ class Workspace:
             profile=True,
             user_index=in_index,
             overrides=had_overrides,
+            explore_state=had_explore,
             cache_entries=cache_removed,
             quarantine_rows=quarantined,
             ranker="retrained" if retrain else "kept",

@@ -1,0 +1,804 @@
+"""Exploration vs exploitation: per-shopper posteriors over interest arms, slates with
+propensities, feedback, off-policy estimators and a replay simulator.
+
+**Arms** are the catalogue's top-level categories (the interest tags a taxonomy gives),
+or k-means clusters of the item vectors when the catalogue has none. Each shopper has a
+Beta posterior per arm for "she accepts an item of this arm when shown one". Its prior
+blends her own positive evidence per arm with the population's::
+
+    n = her positives (all arms), s = her positives on the arm, q = the arm's share of
+    everyone's positives, k = prior_strength
+    mean = (s + k q) / (n + k),  alpha = 1 + mean (n + k),  beta = 1 + (1 - mean) (n + k)
+
+so a new shopper's posterior is the population's and broad,
+and a well-known one's is sharp on what she likes. Feedback adds ``reward`` to alpha and
+``1 - reward`` to beta of the item's arm.
+
+**Slates.** The exploit list is the ranker's order (``Workspace.recommend``). Each slot of
+the slate is an explore slot with probability ``p = strength * k / (k + evidence)``
+(``epsilon`` for epsilon-greedy, 0 for ``exploit``); an explore slot takes the best item
+of an arm the policy picks: Thompson sampling (default; the arm whose sampled rate is
+highest), UCB, uniform (epsilon-greedy) or LinUCB over context features (hour, weekday,
+device/channel when events carry them, and her prior mean). The best item of an arm is its
+best-ranked candidate, else its most trending item she has not seen. Every item records
+its source and the exact probability that this policy would have shown it in that slot
+given the slots before (Thompson's arm probabilities by Monte Carlo over its sampler):
+over the candidates those probabilities sum to one per slot. ``strength=0`` (or policy
+``exploit``) returns the plain ranking.
+
+**Evaluation.** :func:`ips`, :func:`snips` and :func:`doubly_robust` estimate a target
+policy's value from logged (reward, logging propensity, target propensity) data with
+bootstrap confidence intervals. :func:`simulate` replays each shopper's held-out last
+interaction as the item she would accept: rounds of slates, feedback after each, and
+the cumulative reward, rounds to first hit, coverage and novelty of each policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from profiler.storage import read_json, save_npy, write_json
+
+__all__ = [
+    "POLICIES",
+    "Arms",
+    "Estimate",
+    "ExploreConfig",
+    "ExploreState",
+    "Slate",
+    "doubly_robust",
+    "ips",
+    "make_slate",
+    "snips",
+]
+
+POLICIES = ("thompson", "ucb", "epsilon", "linucb", "exploit")
+_MONTE_CARLO = 512  # Thompson arm probabilities: samples per slot (error ~2% per arm)
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    """How a slate balances known interests against new ones (JSON round-trip)."""
+
+    policy: str = "thompson"
+    strength: float = 0.3  # explore share of slots for a shopper with no evidence yet
+    prior_strength: float = 4.0  # pseudo-positives of the population prior
+    epsilon: float = 0.1  # epsilon-greedy's explore share (any shopper)
+    ucb_c: float = 1.0
+    linucb_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {list(POLICIES)}")
+        for name in ("strength", "epsilon"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not self.prior_strength > 0:
+            raise ValueError(f"prior_strength must be positive, got {self.prior_strength!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExploreConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown explore settings {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike[str] | dict | None) -> ExploreConfig:
+        """A config from a dict, a JSON file, inline JSON or ``key=value,key=value``."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, dict):
+            return cls.from_dict(spec)
+        text = str(spec).strip()
+        if Path(text).is_file():
+            return cls.from_dict(read_json(text))
+        if text.startswith("{"):
+            try:
+                return cls.from_dict(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"config {text!r}: not valid JSON ({exc})") from None
+        data: dict = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"config {text!r}: expected key=value, got {part!r}")
+            data[key.strip()] = value.strip() if key.strip() == "policy" else float(value)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- arms -----------------------------------------------------------------------------
+
+
+@dataclass
+class Arms:
+    """Arm names, each item's arm (-1: none) and each arm's items, most trending first."""
+
+    names: list[str]
+    of_item: np.ndarray
+    pools: list[np.ndarray]
+    kind: str  # "category" or "cluster"
+
+    @classmethod
+    def from_catalogue(
+        cls,
+        category_names: Sequence[str],
+        item_categories: np.ndarray,
+        trend: np.ndarray,
+        item_vectors=None,
+        seed: int = 0,
+    ) -> Arms:
+        """Top-level categories as arms; k-means clusters of ``item_vectors`` (a callable
+        returning them, read only when needed) when no item has a category."""
+        tops = [str(n).split(">")[0].strip() for n in category_names]
+        names = sorted({t for t in tops if t})
+        n_items = len(item_categories)
+        if names:
+            code = {n: i for i, n in enumerate(names)}
+            top_of = np.array([code.get(t, -1) for t in tops] + [-1], dtype=np.int64)
+            of_item = top_of[np.asarray(item_categories, dtype=np.int64)]
+            kind = "category"
+        else:
+            if item_vectors is None:
+                raise ValueError("no item has a category and no vectors were given for clusters")
+            import faiss
+
+            vectors = np.ascontiguousarray(item_vectors(), dtype=np.float32)
+            k = int(max(2, min(20, n_items // 20)))
+            kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, spherical=True)
+            kmeans.train(vectors)
+            of_item = kmeans.index.search(vectors, 1)[1][:, 0].astype(np.int64)
+            names = [f"cluster-{i}" for i in range(k)]
+            kind = "cluster"
+        order = np.lexsort((np.arange(n_items), -np.asarray(trend, dtype=float)))
+        pools = [order[of_item[order] == a] for a in range(len(names))]
+        return cls(names, of_item, pools, kind)
+
+
+# -- state: posteriors, LinUCB, seen feedback -----------------------------------------
+
+
+@dataclass
+class ExploreState:
+    """Feedback counts per (shopper, arm), LinUCB's matrices and the feedback event ids
+    already counted; persisted in the workspace (``explore/``)."""
+
+    n_arms: int
+    dim: int  # LinUCB context size
+    successes: dict[str, np.ndarray] = field(default_factory=dict)
+    failures: dict[str, np.ndarray] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    A: np.ndarray | None = None
+    b: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.A is None:
+            self.A = np.tile(np.eye(self.dim), (self.n_arms, 1, 1))
+        if self.b is None:
+            self.b = np.zeros((self.n_arms, self.dim))
+
+    def counts(self, user: str | None) -> tuple[np.ndarray, np.ndarray]:
+        zero = np.zeros(self.n_arms)
+        if user is None:
+            return zero, zero
+        return self.successes.get(user, zero), self.failures.get(user, zero)
+
+    def update(self, user: str, arm: int, reward: float, context: np.ndarray | None) -> None:
+        """Count one shown item's outcome (``reward`` in [0, 1]) for ``user`` and arm."""
+        if arm < 0:
+            return
+        s = self.successes.setdefault(user, np.zeros(self.n_arms))
+        f = self.failures.setdefault(user, np.zeros(self.n_arms))
+        s[arm] += reward
+        f[arm] += 1.0 - reward
+        if context is not None:
+            self.A[arm] += np.outer(context, context)
+            self.b[arm] += reward * context
+
+    def forget(self, user: str) -> bool:
+        found = user in self.successes
+        self.successes.pop(user, None)
+        self.failures.pop(user, None)
+        self.seen = {e for e in self.seen if not e.startswith(f"{user}\x1f")}
+        return found
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        directory = Path(directory)
+        users = sorted(self.successes)
+        save_npy(directory / "explore.users.npy", np.array(users, dtype=str))
+        empty = np.zeros((0, self.n_arms))
+        save_npy(
+            directory / "explore.successes.npy",
+            np.array([self.successes[u] for u in users]) if users else empty,
+        )
+        save_npy(
+            directory / "explore.failures.npy",
+            np.array([self.failures[u] for u in users]) if users else empty,
+        )
+        save_npy(directory / "explore.linucb_A.npy", self.A)
+        save_npy(directory / "explore.linucb_b.npy", self.b)
+        save_npy(directory / "explore.seen.npy", np.array(sorted(self.seen), dtype=str))
+        write_json(directory / "explore.json", {"n_arms": self.n_arms, "dim": self.dim})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], n_arms: int, dim: int) -> ExploreState:
+        """The saved state, or an empty one when there is none (or the arms changed)."""
+        directory = Path(directory)
+        meta_path = directory / "explore.json"
+        if not meta_path.is_file():
+            return cls(n_arms, dim)
+        meta = read_json(meta_path)
+        if meta.get("n_arms") != n_arms or meta.get("dim") != dim:
+            return cls(n_arms, dim)  # a rebuild changed the arms: counts no longer apply
+        users = np.load(directory / "explore.users.npy", allow_pickle=False).tolist()
+        s = np.load(directory / "explore.successes.npy", allow_pickle=False)
+        f = np.load(directory / "explore.failures.npy", allow_pickle=False)
+        seen = np.load(directory / "explore.seen.npy", allow_pickle=False).tolist()
+        return cls(
+            n_arms,
+            dim,
+            dict(zip(users, s.astype(float))),
+            dict(zip(users, f.astype(float))),
+            set(seen),
+            np.load(directory / "explore.linucb_A.npy", allow_pickle=False),
+            np.load(directory / "explore.linucb_b.npy", allow_pickle=False),
+        )
+
+
+# -- context ---------------------------------------------------------------------------
+
+
+def context_features(
+    timestamp: float, device: str = "", channel: str = "", prior_mean: float = 0.0
+) -> np.ndarray:
+    """LinUCB's context: bias, hour of day (sin, cos), weekend, mobile device, app/email
+    channel, and the shopper's prior mean for the arm (appended per arm by the caller)."""
+    hours = (timestamp % 86_400) / 3_600
+    weekday = int((timestamp // 86_400 + 3) % 7)  # 1970-01-01 was a Thursday
+    return np.array(
+        [
+            1.0,
+            math.sin(2 * math.pi * hours / 24),
+            math.cos(2 * math.pi * hours / 24),
+            float(weekday >= 5),
+            float(device.lower() in ("mobile", "phone", "tablet", "ios", "android")),
+            float(channel.lower() in ("app", "email", "push")),
+            prior_mean,
+        ]
+    )
+
+
+CONTEXT_DIM = 7
+
+
+# -- slates -----------------------------------------------------------------------------
+
+
+class Slate(NamedTuple):
+    """A slate: catalogue positions, their source ("exploit" or "explore:<arm>") and the
+    probability that the policy shows each one in its slot."""
+
+    positions: np.ndarray
+    sources: list[str]
+    propensities: np.ndarray
+    slot_distributions: list[dict[int, float]]  # per slot: position -> probability
+
+
+def prior(
+    config: ExploreConfig, positives: np.ndarray, population: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beta prior ``(alpha, beta)`` per arm from her positives per arm and the population's
+    share of positives per arm (module docstring)."""
+    k = config.prior_strength
+    n = float(positives.sum())
+    mean = (positives + k * population) / (n + k)
+    strength = n + k
+    return 1.0 + mean * strength, 1.0 + (1.0 - mean) * strength
+
+
+def explore_share(config: ExploreConfig, evidence: float) -> float:
+    """Probability that a slot explores, for a shopper with ``evidence`` positives and
+    feedback so far."""
+    if config.policy == "exploit":
+        return 0.0
+    if config.policy == "epsilon":
+        return config.epsilon
+    return config.strength * config.prior_strength / (config.prior_strength + evidence)
+
+
+def make_slate(
+    ranked: np.ndarray,
+    k: int,
+    arms: Arms,
+    config: ExploreConfig,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    *,
+    evidence: float,
+    rng: np.random.Generator,
+    exclude: set[int] | frozenset = frozenset(),
+    context: np.ndarray | None = None,
+    state: ExploreState | None = None,
+    rounds: int = 0,
+) -> Slate:
+    """Fill ``k`` slots from the exploit order ``ranked`` (catalogue positions, best first)
+    and the arms' pools (module docstring). ``exclude``: positions never to show (her
+    history). ``rounds``: slates shown so far (UCB's time)."""
+    p_explore = explore_share(config, evidence)
+    shown: list[int] = []
+    taken: set[int] = set(exclude)
+    ranked = [int(p) for p in ranked if int(p) not in taken]
+    in_arm: list[list[int]] = [[] for _ in arms.names]
+    for p in ranked:
+        a = int(arms.of_item[p])
+        if a >= 0:
+            in_arm[a].append(p)
+    cursor = {"exploit": 0}
+    arm_cursor = [0] * len(arms.names)
+    pool_cursor = [0] * len(arms.names)
+    sources: list[str] = []
+    propensities: list[float] = []
+    slots: list[dict[int, float]] = []
+
+    def next_exploit() -> int | None:
+        while cursor["exploit"] < len(ranked) and ranked[cursor["exploit"]] in taken:
+            cursor["exploit"] += 1
+        return ranked[cursor["exploit"]] if cursor["exploit"] < len(ranked) else None
+
+    def best_of(a: int) -> int | None:
+        items = in_arm[a]
+        while arm_cursor[a] < len(items) and items[arm_cursor[a]] in taken:
+            arm_cursor[a] += 1
+        if arm_cursor[a] < len(items):
+            return items[arm_cursor[a]]
+        pool = arms.pools[a]
+        while pool_cursor[a] < len(pool) and int(pool[pool_cursor[a]]) in taken:
+            pool_cursor[a] += 1
+        return int(pool[pool_cursor[a]]) if pool_cursor[a] < len(pool) else None
+
+    for _ in range(k):
+        exploit = next_exploit()
+        options = {a: best_of(a) for a in range(len(arms.names))}
+        options = {a: p for a, p in options.items() if p is not None}
+        p_x = p_explore if options else 0.0
+        if exploit is None:
+            if not options:
+                break
+            p_x = 1.0
+        arm_p = (
+            _arm_probabilities(config, list(options), alpha, beta, rng, context, state, rounds)
+            if p_x > 0
+            else {}
+        )
+        dist: dict[int, float] = {}
+        if exploit is not None and p_x < 1:
+            dist[exploit] = 1.0 - p_x
+        for a, p in arm_p.items():
+            dist[options[a]] = dist.get(options[a], 0.0) + p_x * p
+        if p_x > 0 and rng.random() < p_x:
+            names = list(arm_p)
+            arm = names[rng.choice(len(names), p=np.array([arm_p[a] for a in names]))]
+            item, source = options[arm], f"explore:{arms.names[arm]}"
+        else:
+            item, source = exploit, "exploit"
+        shown.append(item)
+        taken.add(item)
+        sources.append(source)
+        propensities.append(dist[item])
+        slots.append(dist)
+    return Slate(np.array(shown, dtype=np.int64), sources, np.array(propensities), slots)
+
+
+def _arm_probabilities(
+    config: ExploreConfig,
+    available: list[int],
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    rng: np.random.Generator,
+    context: np.ndarray | None,
+    state: ExploreState | None,
+    rounds: int,
+) -> dict[int, float]:
+    """The probability that the policy's explore step picks each available arm."""
+    idx = np.array(available)
+    if config.policy == "epsilon":
+        return {a: 1.0 / len(available) for a in available}
+    if config.policy == "thompson":
+        # P(arm's sampled rate is the highest), estimated by the sampler itself
+        draws = rng.beta(alpha[idx], beta[idx], size=(_MONTE_CARLO, len(idx)))
+        wins = np.bincount(draws.argmax(axis=1), minlength=len(idx)) / _MONTE_CARLO
+        return {a: float(w) for a, w in zip(available, wins) if w > 0}
+    if config.policy == "ucb":
+        trials = alpha[idx] + beta[idx] - 2.0
+        mean = alpha[idx] / (alpha[idx] + beta[idx])
+        bonus = config.ucb_c * np.sqrt(2.0 * math.log(rounds + 2.0) / (trials + 1.0))
+        return {available[int(np.argmax(mean + bonus))]: 1.0}
+    if config.policy == "linucb":
+        if context is None or state is None:
+            raise ValueError("LinUCB needs a context and the explore state")
+        scores = []
+        mean = alpha / (alpha + beta)
+        for a in available:
+            x = context.copy()
+            x[-1] = mean[a]
+            inverse = np.linalg.inv(state.A[a])
+            theta = inverse @ state.b[a]
+            scores.append(theta @ x + config.linucb_alpha * math.sqrt(x @ inverse @ x))
+        return {available[int(np.argmax(scores))]: 1.0}
+    # "exploit" asks only when its ranked list is used up: the best arm by posterior mean
+    mean = alpha[idx] / (alpha[idx] + beta[idx])
+    return {available[int(np.argmax(mean))]: 1.0}
+
+
+# -- off-policy estimators ------------------------------------------------------------
+
+
+class Estimate(NamedTuple):
+    """A policy value estimate with a bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def covers(self, truth: float) -> bool:
+        return self.low <= truth <= self.high
+
+
+def _bootstrap(
+    per_round: np.ndarray,
+    weights: np.ndarray | None,
+    n_boot: int,
+    level: float,
+    rng: np.random.Generator,
+    self_normalised: bool = False,
+) -> Estimate:
+    n = len(per_round)
+    if n == 0:
+        raise ValueError("no logged rounds to estimate from")
+
+    def estimate(rows) -> np.ndarray:
+        if self_normalised:
+            return per_round[rows].sum(axis=-1) / np.maximum(weights[rows].sum(axis=-1), 1e-12)
+        return per_round[rows].mean(axis=-1)
+
+    value = float(estimate(np.arange(n)))
+    samples = estimate(rng.integers(0, n, size=(n_boot, n)))
+    tail = (1 - level) / 2
+    low, high = np.quantile(samples, [tail, 1 - tail])
+    return Estimate(value, float(low), float(high))
+
+
+def _check(rewards, logging_p, target_p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, mu, pi = (np.asarray(a, dtype=float) for a in (rewards, logging_p, target_p))
+    if not (len(r) == len(mu) == len(pi)):
+        raise ValueError("rewards and propensities must have one entry per logged round")
+    if (mu <= 0).any() or (mu > 1).any():
+        raise ValueError("logging propensities must be in (0, 1]")
+    if (pi < 0).any() or (pi > 1).any():
+        raise ValueError("target propensities must be in [0, 1]")
+    return r, mu, pi
+
+
+def ips(
+    rewards, logging_p, target_p, *, n_boot: int = 1000, level: float = 0.95, seed: int | None = 0
+) -> Estimate:
+    """Inverse propensity scoring: mean of ``reward * pi(a|x) / mu(a|x)``."""
+    r, mu, pi = _check(rewards, logging_p, target_p)
+    return _bootstrap(r * pi / mu, None, n_boot, level, np.random.default_rng(seed))
+
+
+def snips(
+    rewards, logging_p, target_p, *, n_boot: int = 1000, level: float = 0.95, seed: int | None = 0
+) -> Estimate:
+    """Self-normalised IPS: ``sum(w * r) / sum(w)`` with ``w = pi / mu``."""
+    r, mu, pi = _check(rewards, logging_p, target_p)
+    w = pi / mu
+    return _bootstrap(w * r, w, n_boot, level, np.random.default_rng(seed), self_normalised=True)
+
+
+def doubly_robust(
+    rewards,
+    logging_p,
+    target_p,
+    q_logged,
+    q_target,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int | None = 0,
+) -> Estimate:
+    """Doubly robust: ``q_target(x) + pi/mu * (r - q_logged(x, a))``, where ``q_logged`` is
+    a reward model's prediction for the logged action and ``q_target`` its expectation
+    under the target policy."""
+    r, mu, pi = _check(rewards, logging_p, target_p)
+    q_a, q_pi = np.asarray(q_logged, dtype=float), np.asarray(q_target, dtype=float)
+    per_round = q_pi + pi / mu * (r - q_a)
+    return _bootstrap(per_round, None, n_boot, level, np.random.default_rng(seed))
+
+
+# -- replay simulation ------------------------------------------------------------------
+
+
+@dataclass
+class SimulationResult:
+    """One policy's replay: totals and per-shopper outcomes (for paired comparisons)."""
+
+    policy: str
+    rounds: int
+    users: int
+    cumulative_reward: float
+    coverage: float
+    mean_rounds_to_first_hit: float | None
+    novelty: float
+    per_user: pd.DataFrame  # user, hit, first_hit_round, novelty, shown
+    curve: list[float]  # cumulative reward after each round
+
+    def summary(self) -> dict:
+        return {
+            "policy": self.policy,
+            "rounds": self.rounds,
+            "users": self.users,
+            "cumulative_reward": self.cumulative_reward,
+            "coverage": round(self.coverage, 6),
+            "mean_rounds_to_first_hit": None
+            if self.mean_rounds_to_first_hit is None
+            else round(self.mean_rounds_to_first_hit, 4),
+            "novelty": round(self.novelty, 4),
+        }
+
+
+def novelty_bits(counts: np.ndarray) -> np.ndarray:
+    """Self-information of each item, ``-log2`` of its share of interactions (add-one)."""
+    counts = np.asarray(counts, dtype=float)
+    return -np.log2((counts + 1.0) / (counts.sum() + len(counts)))
+
+
+def simulate(
+    workspace,
+    config: ExploreConfig,
+    *,
+    rounds: int = 10,
+    k: int = 10,
+    seed: int = 0,
+    max_users: int | None = 1000,
+) -> SimulationResult:
+    """Replay: each sampled shopper's last positive interaction is held out as the item
+    she would accept; every round she is shown a slate of ``k`` items she has not seen
+    (from the ranker's order and the policy's explore slots), accepts the held-out item
+    if it is there (reward 1, and she leaves), and every shown item's arm is updated.
+
+    Profiles, counts and the user index are refitted without the held-out events first
+    (the workspace must contain them: the simulator holds them out itself); the trained
+    ranker is kept, the same for every policy. ``max_users`` samples shoppers (by
+    ``seed``) to bound the run; the same seed gives every policy the same shoppers.
+    """
+    from profiler.ranking import event_evidence
+    from profiler.recommender import Query
+
+    if rounds < 1 or k < 1:
+        raise ValueError("rounds and k must be positive")
+    model = workspace.recommender
+    events = workspace.events
+    evidence = event_evidence(model.builder_, events, workspace.item_index, workspace.event_vectors)
+    positive = (evidence.weights > 0) & (events["item_id"] != "").to_numpy()
+    last = events.reset_index(drop=True).groupby("user_id", sort=False).tail(1)
+    held = last[positive[last.index]]
+    rng = np.random.default_rng(seed)
+    if max_users is not None and len(held) > max_users:
+        held = held.iloc[np.sort(rng.choice(len(held), max_users, replace=False))]
+    if held.empty:
+        raise ValueError(f"{workspace.path}: no shopper's last event is a positive one on an item")
+    catalogue = model.catalogue_
+    position = catalogue.position
+    arms = workspace.explore_arms()
+    keep = np.ones(len(events), dtype=bool)
+    keep[held.index.to_numpy()] = False
+    rest = events[keep].reset_index(drop=True)
+    rest_positive = positive[keep]
+    arm_of_event = np.array(
+        [arms.of_item[position[i]] if i in position else -1 for i in rest["item_id"]],
+        dtype=np.int64,
+    )
+    counted = rest_positive & (arm_of_event >= 0)
+    population = np.bincount(arm_of_event[counted], minlength=len(arms.names)).astype(float)
+    population = (population + 1.0) / (population.sum() + len(arms.names))
+    saved = model.state_
+    model.set_state(model.fit_state(rest, saved.user_index))
+    try:
+        rows_of = rest.groupby("user_id", sort=False).indices
+        state = ExploreState(len(arms.names), CONTEXT_DIM)
+        novelty = novelty_bits(saved.interactions.counts_)
+        per_user = []
+        shoppers = []
+        for row in held.itertuples():
+            rows = rows_of.get(row.user_id, np.empty(0, dtype=np.int64))
+            history = rest.iloc[rows]
+            shopper = model.shopper(Query(row.user_id, history), stored=len(rows) > 0)
+            ranked = model.rank(shopper).positions
+            mine = rows[counted[rows]] if len(rows) else rows
+            positives = np.bincount(arm_of_event[mine], minlength=len(arms.names)).astype(float)
+            device = str(history["device"].iloc[-1]) if "device" in history and len(rows) else ""
+            channel = str(history["channel"].iloc[-1]) if "channel" in history and len(rows) else ""
+            shoppers.append(
+                {
+                    "user": row.user_id,
+                    "target": position[row.item_id],
+                    "ranked": ranked,
+                    "seen": {position[i] for i in history["item_id"] if i in position},
+                    "positives": positives,
+                    "context": context_features(float(row.timestamp), device, channel),
+                    "hit": None,
+                    "shown": [],
+                }
+            )
+        curve, total, shown_all = [], 0, set()
+        for r in range(rounds):
+            for s in shoppers:
+                if s["hit"] is not None:
+                    continue
+                a0, b0 = prior(config, s["positives"], population)
+                succ, fail = state.counts(s["user"])
+                slate = make_slate(
+                    s["ranked"],
+                    k,
+                    arms,
+                    config,
+                    a0 + succ,
+                    b0 + fail,
+                    evidence=float(s["positives"].sum() + succ.sum() + fail.sum()),
+                    rng=rng,
+                    exclude=s["seen"],
+                    context=s["context"],
+                    state=state,
+                    rounds=r,
+                )
+                for p in slate.positions.tolist():
+                    reward = 1.0 if p == s["target"] else 0.0
+                    context = s["context"].copy()
+                    arm = int(arms.of_item[p])
+                    if arm >= 0:
+                        context[-1] = (a0[arm] + succ[arm]) / (
+                            a0[arm] + b0[arm] + succ[arm] + fail[arm]
+                        )
+                    state.update(s["user"], arm, reward, context)
+                    s["seen"].add(p)
+                    s["shown"].append(p)
+                    shown_all.add(p)
+                if s["target"] in slate.positions:
+                    s["hit"] = r + 1
+                    total += 1
+            curve.append(total / len(shoppers))
+        for s in shoppers:
+            per_user.append(
+                {
+                    "user": s["user"],
+                    "hit": s["hit"] is not None,
+                    "first_hit_round": s["hit"],
+                    "novelty": float(novelty[s["shown"]].mean()) if s["shown"] else 0.0,
+                    "shown": len(s["shown"]),
+                }
+            )
+    finally:
+        model.set_state(saved)
+    table = pd.DataFrame(per_user)
+    hits = table["first_hit_round"].dropna()
+    shown_items = [p for s in shoppers for p in s["shown"]]
+    return SimulationResult(
+        policy=config.policy,
+        rounds=rounds,
+        users=len(shoppers),
+        cumulative_reward=float(total),
+        coverage=len(shown_all) / len(catalogue.item_ids),
+        mean_rounds_to_first_hit=float(hits.mean()) if len(hits) else None,
+        novelty=float(novelty[shown_items].mean()) if shown_items else 0.0,
+        per_user=table,
+        curve=curve,
+    )
+
+
+def compare(
+    workspace,
+    a: ExploreConfig,
+    b: ExploreConfig,
+    *,
+    rounds: int = 10,
+    k: int = 10,
+    seed: int = 0,
+    max_users: int | None = 1000,
+    n_boot: int = 2000,
+    level: float = 0.95,
+) -> list[dict]:
+    """Offline A/B: both configs replayed on the same shoppers (same seed), and for each
+    metric the difference B - A with a paired bootstrap interval over shoppers and a
+    verdict (``B better``, ``A better`` or ``no clear difference`` when the interval
+    holds 0). Metrics: hit rate (cumulative reward per shopper), rounds to first hit
+    (shoppers both policies found; lower is better), novelty, coverage."""
+    results = [
+        simulate(workspace, c, rounds=rounds, k=k, seed=seed, max_users=max_users) for c in (a, b)
+    ]
+    ta, tb = (r.per_user.set_index("user") for r in results)
+    tb = tb.loc[ta.index]
+    rng = np.random.default_rng(seed)
+    n = len(ta)
+    draws = rng.integers(0, n, size=(n_boot, n))
+    rows = []
+    both = (ta["hit"] & tb["hit"]).to_numpy()
+    metrics = {
+        "hit_rate": (ta["hit"].to_numpy(float), tb["hit"].to_numpy(float), np.ones(n, bool), True),
+        "rounds_to_first_hit": (
+            ta["first_hit_round"].to_numpy(float),
+            tb["first_hit_round"].to_numpy(float),
+            both,
+            False,
+        ),
+        "novelty": (
+            ta["novelty"].to_numpy(float),
+            tb["novelty"].to_numpy(float),
+            np.ones(n, bool),
+            True,
+        ),
+    }
+    for name, (va, vb, mask, higher) in metrics.items():
+        diff = np.where(mask, vb - va, 0.0)
+        weights = mask.astype(float)
+        value = diff.sum() / max(weights.sum(), 1.0)
+        boots = diff[draws].sum(axis=1) / np.maximum(weights[draws].sum(axis=1), 1.0)
+        rows.append(
+            _row(
+                name,
+                va[mask].mean() if mask.any() else float("nan"),
+                vb[mask].mean() if mask.any() else float("nan"),
+                value,
+                boots,
+                level,
+                higher,
+            )
+        )
+    coverage = [r.coverage for r in results]
+    rows.append(
+        {
+            "metric": "coverage",
+            "a": coverage[0],
+            "b": coverage[1],
+            "diff": coverage[1] - coverage[0],
+            "low": float("nan"),
+            "high": float("nan"),
+            "verdict": "B higher" if coverage[1] > coverage[0] else "A higher or equal",
+            "a_config": a.to_dict(),
+            "b_config": b.to_dict(),
+        }
+    )
+    return rows
+
+
+def _row(metric, a, b, value, boots, level, higher_is_better) -> dict:
+    tail = (1 - level) / 2
+    low, high = np.quantile(boots, [tail, 1 - tail])
+    if low > 0:
+        verdict = "B better" if higher_is_better else "A better"
+    elif high < 0:
+        verdict = "A better" if higher_is_better else "B better"
+    else:
+        verdict = "no clear difference"
+    return {
+        "metric": metric,
+        "a": float(a),
+        "b": float(b),
+        "diff": float(value),
+        "low": float(low),
+        "high": float(high),
+        "verdict": verdict,
+    }

@@ -1,0 +1,327 @@
+"""Exploration: posteriors, slates with propensities, feedback, off-policy estimators and the
+replay simulator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from profiler import cli
+from profiler.explore import (
+    CONTEXT_DIM,
+    Arms,
+    ExploreConfig,
+    ExploreState,
+    doubly_robust,
+    ips,
+    make_slate,
+    prior,
+    simulate,
+    snips,
+)
+from profiler.workspace import Workspace
+
+# -- posteriors -------------------------------------------------------------------------
+
+
+def test_prior_is_the_population_for_a_new_shopper_and_sharp_for_a_known_one():
+    config = ExploreConfig(prior_strength=4.0)
+    population = np.array([0.5, 0.3, 0.2])
+    alpha, beta = prior(config, np.zeros(3), population)
+    np.testing.assert_allclose(alpha / (alpha + beta), (1 + 4 * population) / 6)
+    alpha, beta = prior(config, np.array([20.0, 0.0, 0.0]), population)
+    mean = alpha / (alpha + beta)
+    assert mean[0] > 0.8 and mean[1] < 0.1  # her 20 positives on arm 0 dominate
+    assert (alpha + beta)[0] == pytest.approx(2 + 24)  # sharper: 24 pseudo-observations
+
+
+def test_state_updates_and_round_trips(tmp_path):
+    state = ExploreState(3, CONTEXT_DIM)
+    x = np.ones(CONTEXT_DIM)
+    state.update("u", 1, 1.0, x)
+    state.update("u", 1, 0.0, x)
+    state.update("u", 2, 0.25, None)
+    state.seen.add("u\x1fe1")
+    s, f = state.counts("u")
+    assert s.tolist() == [0, 1, 0.25] and f.tolist() == [0, 1, 0.75]
+    assert state.A[1][0, 0] == 3.0 and state.b[1][0] == 1.0
+    state.save(tmp_path)
+    again = ExploreState.load(tmp_path, 3, CONTEXT_DIM)
+    assert again.counts("u")[0].tolist() == [0, 1, 0.25] and again.seen == {"u\x1fe1"}
+    np.testing.assert_array_equal(again.A, state.A)
+    assert ExploreState.load(tmp_path, 4, CONTEXT_DIM).successes == {}  # arms changed
+    assert again.forget("u") and again.seen == set() and again.counts("u")[0].sum() == 0
+
+
+def test_config_parsing_and_validation(tmp_path):
+    assert ExploreConfig.parse("policy=ucb,strength=0.2") == ExploreConfig("ucb", 0.2)
+    assert ExploreConfig.parse('{"policy": "epsilon", "epsilon": 0.3}').epsilon == 0.3
+    (tmp_path / "c.json").write_text(json.dumps({"policy": "linucb"}))
+    assert ExploreConfig.parse(tmp_path / "c.json").policy == "linucb"
+    with pytest.raises(ValueError, match="unknown policy"):
+        ExploreConfig.parse("policy=greedy")
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        ExploreConfig(strength=2.0)
+    with pytest.raises(ValueError, match="unknown explore settings"):
+        ExploreConfig.parse({"policy": "ucb", "temperature": 1})
+
+
+# -- slates -----------------------------------------------------------------------------
+
+
+def _arms() -> Arms:
+    # 12 items in 3 arms; trend makes item 0, 4, 8 the most trending of their arm
+    of_item = np.repeat([0, 1, 2], 4)
+    trend = -np.arange(12, dtype=float)
+    return Arms.from_catalogue(["A", "B", "C"], of_item, trend)
+
+
+@pytest.mark.parametrize("policy", ["thompson", "ucb", "epsilon", "linucb"])
+def test_propensities_sum_to_one_per_slot_and_label_sources(policy):
+    arms = _arms()
+    state = ExploreState(3, CONTEXT_DIM)
+    config = ExploreConfig(policy=policy, strength=0.8, epsilon=0.5)
+    slate = make_slate(
+        np.array([0, 1, 2, 3]),
+        6,
+        arms,
+        config,
+        np.ones(3) * 2,
+        np.ones(3) * 5,
+        evidence=0.0,
+        rng=np.random.default_rng(3),
+        exclude={1},
+        context=np.ones(CONTEXT_DIM),
+        state=state,
+    )
+    assert len(slate.positions) == 6 and len(set(slate.positions.tolist())) == 6
+    assert 1 not in slate.positions  # her history is never shown
+    for dist, item, p in zip(slate.slot_distributions, slate.positions, slate.propensities):
+        assert sum(dist.values()) == pytest.approx(1.0)
+        assert dist[int(item)] == pytest.approx(p) and 0 < p <= 1
+    assert all(s == "exploit" or s.startswith("explore:") for s in slate.sources)
+
+
+def test_strength_zero_is_the_exploit_order():
+    arms = _arms()
+    for policy in ("thompson", "exploit"):
+        config = ExploreConfig(policy=policy, strength=0.0)
+        slate = make_slate(
+            np.array([5, 0, 9, 2]),
+            3,
+            arms,
+            config,
+            np.ones(3),
+            np.ones(3),
+            evidence=0.0,
+            rng=np.random.default_rng(0),
+        )
+        assert slate.positions.tolist() == [5, 0, 9] and set(slate.sources) == {"exploit"}
+        assert slate.propensities.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_thompson_prefers_the_arm_with_the_better_posterior():
+    arms = _arms()
+    config = ExploreConfig(policy="thompson", strength=1.0)
+    alpha, beta = np.array([1.0, 50.0, 1.0]), np.array([50.0, 1.0, 50.0])
+    slate = make_slate(
+        np.empty(0, np.int64),
+        1,
+        arms,
+        config,
+        alpha,
+        beta,
+        evidence=0.0,
+        rng=np.random.default_rng(0),
+    )
+    assert slate.sources == ["explore:B"] and slate.positions.tolist() == [4]
+    assert slate.propensities[0] > 0.99
+    # equal posteriors: each arm about a third of the time
+    even = make_slate(
+        np.empty(0, np.int64),
+        1,
+        arms,
+        config,
+        np.ones(3),
+        np.ones(3),
+        evidence=0.0,
+        rng=np.random.default_rng(0),
+    )
+    assert all(abs(p - 1 / 3) < 0.07 for p in even.slot_distributions[0].values())
+
+
+def test_a_known_shopper_explores_less():
+    config = ExploreConfig(strength=0.4, prior_strength=4.0)
+    from profiler.explore import explore_share
+
+    assert explore_share(config, 0) == pytest.approx(0.4)
+    assert explore_share(config, 36) == pytest.approx(0.04)
+    assert explore_share(ExploreConfig(policy="exploit"), 0) == 0.0
+
+
+# -- off-policy estimators --------------------------------------------------------------
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _bandit(seed: int, n: int = 5000):
+    """A logged contextual bandit with a known value: 4 actions, reward probabilities
+    sigmoid(x.w_a + c_a), an epsilon-softmax logging policy and a sharper target."""
+    rng = np.random.default_rng(seed)
+    world = np.random.default_rng(12345)  # the same world for every seed
+    w, c = world.normal(size=(4, 3)), world.normal(size=4) * 0.5
+    v, u = world.normal(size=(3, 4)), world.normal(size=(3, 4))
+
+    def probs(x):
+        return 1 / (1 + np.exp(-(x @ w.T + c)))
+
+    def logging(x):
+        return 0.5 * _softmax(x @ v) + 0.5 / 4
+
+    def target(x):
+        return _softmax(2 * x @ u)
+
+    x = rng.normal(size=(n, 3))
+    mu, pi = logging(x), target(x)
+    actions = np.array([rng.choice(4, p=row) for row in mu])
+    rewards = (rng.random(n) < probs(x)[np.arange(n), actions]).astype(float)
+    big = world.normal(size=(200_000, 3))
+    truth = float((target(big) * probs(big)).sum(axis=1).mean())
+    q = np.tile(rewards.mean(), (n, 4))  # a poor reward model: DR must still be unbiased
+    rows = np.arange(n)
+    return dict(
+        rewards=rewards,
+        logging_p=mu[rows, actions],
+        target_p=pi[rows, actions],
+        q_logged=q[rows, actions],
+        q_target=(pi * q).sum(axis=1),
+        truth=truth,
+    )
+
+
+def test_estimators_are_exact_on_known_cases():
+    r = np.array([1.0, 0.0, 1.0, 1.0])
+    mu = np.array([0.5, 0.5, 0.25, 1.0])
+    assert ips(r, mu, mu).value == pytest.approx(r.mean())  # target = logging
+    assert ips(r, mu, np.zeros(4)).value == 0.0
+    pi = np.array([1.0, 0.0, 0.5, 0.0])
+    assert ips(r, mu, pi).value == pytest.approx((2 + 0 + 2 + 0) / 4)
+    assert snips(r, mu, pi).value == pytest.approx(4 / (2 + 0 + 2 + 0))
+    q = np.full(4, 0.5)
+    assert doubly_robust(r, mu, pi, q, q).value == pytest.approx(np.mean(0.5 + pi / mu * (r - 0.5)))
+    with pytest.raises(ValueError, match="logging propensities"):
+        ips(r, np.zeros(4), pi)
+
+
+def test_estimators_cover_the_true_value_on_a_synthetic_bandit():
+    covered = {"ips": 0, "snips": 0, "dr": 0}
+    for seed in range(100):
+        d = _bandit(seed)
+        args = (d["rewards"], d["logging_p"], d["target_p"])
+        estimates = {
+            "ips": ips(*args, n_boot=400, seed=seed),
+            "snips": snips(*args, n_boot=400, seed=seed),
+            "dr": doubly_robust(*args, d["q_logged"], d["q_target"], n_boot=400, seed=seed),
+        }
+        for name, estimate in estimates.items():
+            covered[name] += estimate.covers(d["truth"])
+    print(f"true value inside the 95% interval, of 100 seeds: {covered}")  # pytest -s
+    assert all(n >= 93 for n in covered.values()), covered
+
+
+# -- the workspace: recommend(explore=...), feedback, persistence, forget -----------------
+
+
+@pytest.fixture
+def built(tmp_path, tiny_frames, embedder):
+    items, events = tiny_frames
+    return Workspace.build(tmp_path / "ws", catalog=items, events=events, embedder=embedder)
+
+
+def test_explore_zero_is_plain_recommend_and_slates_carry_propensities(built):
+    user = built.users[0]
+    plain = built.recommend(user, k=8)
+    assert built.recommend(user, k=8, explore=0).ids == plain.ids
+    assert built.recommend(user, k=8, explore="policy=exploit").ids == plain.ids
+    mixed = built.recommend(user, k=8, explore="policy=thompson,strength=1", seed=4)
+    assert len(mixed.ids) == 8 and len(set(mixed.ids)) == 8
+    sources = [r["source"] for r in mixed.reasons]
+    assert any(s.startswith("explore:") for s in sources)
+    assert all(0 < r["propensity"] <= 1 for r in mixed.reasons)
+    assert not set(mixed.ids) & set(built.user_events(user)["item_id"])
+    again = built.recommend(user, k=8, explore="policy=thompson,strength=1", seed=4)
+    assert again.ids == mixed.ids  # seeded
+
+
+def test_feedback_is_idempotent_persists_and_is_forgotten(built, embedder):
+    user = built.users[0]
+    item = built.recommend(user, k=1).ids[0]
+    n_events = len(built.events)
+    arm = int(built.explore_arms().of_item[built.recommender.catalogue_.position[item]])
+    assert built.feedback(user, item, reward=1.0, event_id="e-1") is True
+    assert built.feedback(user, item, reward=1.0, event_id="e-1") is False  # replayed
+    assert len(built.events) == n_events + 1
+    assert built.explore_state().counts(user)[0][arm] == 1.0
+    assert item not in built.recommend(user, k=10).ids  # seen now
+    with pytest.raises(KeyError, match="unknown item 'nope'"):
+        built.feedback(user, "nope", reward=1.0)
+    with pytest.raises(KeyError, match="ghost"):
+        built.feedback("ghost", item, reward=1.0)
+    with pytest.raises(ValueError, match=r"reward must be in \[0, 1\]"):
+        built.feedback(user, item, reward=3.0)
+    reopened = Workspace.open(built.path, embedder=embedder)
+    assert reopened.explore_state().counts(user)[0][arm] == 1.0
+    assert reopened.feedback(user, item, reward=1.0, event_id="e-1") is False
+    report = reopened.forget(user)
+    assert report.explore_state
+    assert Workspace.open(built.path, embedder=embedder).explore_state().successes == {}
+
+
+def test_simulate_and_compare_cli(built, capsys):
+    path = str(built.path)
+    built.close()
+    argv = ["simulate", "--workspace", path, "--policy", "thompson", "--rounds", "3", "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {
+        "policy",
+        "rounds",
+        "users",
+        "cumulative_reward",
+        "coverage",
+        "mean_rounds_to_first_hit",
+        "novelty",
+    }
+    assert result["users"] > 0 and 0 < result["coverage"] <= 1
+    argv = ["compare", "--workspace", path, "--a", "policy=exploit", "--b", "policy=epsilon"]
+    assert cli.main([*argv, "--rounds", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["metric"] for r in rows] == ["hit_rate", "rounds_to_first_hit", "novelty", "coverage"]
+    assert all(r["verdict"] for r in rows)
+    hit = rows[0]
+    assert hit["low"] <= hit["diff"] <= hit["high"]
+    user = Workspace.open(path).users[0]
+    item = Workspace.open(path).items["item_id"].iloc[0]
+    args = ["feedback", "--workspace", path, "--user", user, "--item", item, "--reward", "1"]
+    assert cli.main([*args, "--event-id", "x"]) == 0
+    assert cli.main([*args, "--event-id", "x"]) == 0
+    assert "already counted" in capsys.readouterr().out
+    assert cli.main([*args[:-2], "--reward", "7"]) == 2
+
+
+def test_simulation_holds_out_each_shoppers_last_event(built):
+    events = built.events.copy()
+    before = (len(built.events), built.generation)
+    result = simulate(built, ExploreConfig(policy="exploit"), rounds=2, k=5, seed=0)
+    assert (len(built.events), built.generation) == before  # nothing changed
+    assert set(result.per_user.columns) >= {"user", "hit", "first_hit_round", "novelty"}
+    assert result.users == len(result.per_user) <= events["user_id"].nunique()
+    assert len(result.curve) == 2 and result.curve[0] <= result.curve[1]
+    assert pd.Series(result.curve).between(0, 1).all()
