@@ -50,7 +50,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BUCKETS = ("0", "1", "2-4", "5+")
-METRICS = ("recall@10", "recall@50", "ndcg@10", "mrr", "hit@10", "coverage@10", "diversity@10")
+METRICS = (
+    "recall@10",
+    "recall@50",
+    "ndcg@10",
+    "mrr",
+    "hit@10",
+    "coverage@10",
+    "diversity@10",
+    "novelty@10",
+    "long_tail@10",
+)
 
 
 def bucket_of(n_events: int) -> str:
@@ -312,6 +322,13 @@ def evaluate(
 
 def _score_cases(corpus: Corpus, split: Split, fitted: Sequence[Recommender]) -> list[Row]:
     rows = []
+    # popularity for novelty and the long tail: every item event in the workspace
+    n_items = len(corpus.item_ids)
+    counts = corpus.events["item_id"][corpus.events["item_id"] != ""].value_counts().to_dict()
+    bits = metrics.self_information(counts, n_items)
+    unseen = float(np.log2(sum(counts.values()) + n_items))
+    bits = {i: bits.get(i, unseen) for i in corpus.item_ids}
+    head = metrics.short_head(counts, n_items)
     for system in fitted:
         per_bucket: dict[str, list[dict]] = defaultdict(list)
         lists: dict[str, list[list[str]]] = defaultdict(list)
@@ -327,6 +344,8 @@ def _score_cases(corpus: Corpus, split: Split, fitted: Sequence[Recommender]) ->
                 "diversity@10": metrics.intra_list_diversity(
                     corpus.item_vectors[corpus.positions(top)]
                 ),
+                "novelty@10": metrics.novelty(top, bits),
+                "long_tail@10": metrics.long_tail_share(top, head),
             }
             for name in (case.bucket, "all"):
                 per_bucket[name].append(values)

@@ -15,7 +15,7 @@ and a well-known one's is sharp on what she likes. Feedback adds ``reward`` to a
 ``1 - reward`` to beta of the item's arm.
 
 **Slates.** The exploit list is the ranker's order (``Workspace.recommend``). Each slot of
-the slate is an explore slot with probability ``p = strength * k / (k + evidence)``
+the slate is an explore slot with probability ``p = strength * k / (k + positives)``
 (``epsilon`` for epsilon-greedy, 0 for ``exploit``); an explore slot takes the best item
 of an arm the policy picks: Thompson sampling (default; the arm whose sampled rate is
 highest), UCB, uniform (epsilon-greedy) or LinUCB over context features (hour, weekday,
@@ -62,7 +62,10 @@ __all__ = [
 ]
 
 POLICIES = ("thompson", "ucb", "epsilon", "linucb", "exploit")
-_MONTE_CARLO = 512  # Thompson arm probabilities: samples per slot (error ~2% per arm)
+_MONTE_CARLO = 512  # Thompson arm probabilities: samples per slate (error ~2% per arm)
+#: Most arms a catalogue gets: more would spread exploration too thin to learn anything
+#: in a few rounds (MovieLens has 216 genre combinations, 18 first genres).
+MAX_ARMS = 24
 
 
 @dataclass(frozen=True)
@@ -139,17 +142,30 @@ class Arms:
         item_categories: np.ndarray,
         trend: np.ndarray,
         item_vectors=None,
+        *,
+        max_arms: int = MAX_ARMS,
         seed: int = 0,
     ) -> Arms:
-        """Top-level categories as arms; k-means clusters of ``item_vectors`` (a callable
+        """Top-level categories as arms (the first label of a ``|``-joined multi-label
+        category such as MovieLens' ``Comedy|Romance``), the ``max_arms - 1`` largest kept
+        and the rest pooled as ``other``; k-means clusters of ``item_vectors`` (a callable
         returning them, read only when needed) when no item has a category."""
-        tops = [str(n).split(">")[0].strip() for n in category_names]
-        names = sorted({t for t in tops if t})
-        n_items = len(item_categories)
-        if names:
-            code = {n: i for i, n in enumerate(names)}
-            top_of = np.array([code.get(t, -1) for t in tops] + [-1], dtype=np.int64)
-            of_item = top_of[np.asarray(item_categories, dtype=np.int64)]
+        tops = [str(n).split(">")[0].split("|")[0].strip() for n in category_names]
+        codes = np.asarray(item_categories, dtype=np.int64)
+        n_items = len(codes)
+        top_of_item = np.array([tops[c] if c >= 0 else "" for c in codes], dtype=object)
+        sizes = pd.Series(top_of_item[top_of_item != ""]).value_counts()
+        if len(sizes):
+            if len(sizes) > max_arms:
+                kept = sorted(sizes.index[: max_arms - 1])
+                names = [*kept, "other"]
+            else:
+                kept = names = sorted(sizes.index)
+            code = {n: i for i, n in enumerate(kept)}
+            other = len(names) - 1 if len(names) > len(kept) else -1
+            of_item = np.array(
+                [code.get(t, other) if t else -1 for t in top_of_item], dtype=np.int64
+            )
             kind = "category"
         else:
             if item_vectors is None:
@@ -157,7 +173,7 @@ class Arms:
             import faiss
 
             vectors = np.ascontiguousarray(item_vectors(), dtype=np.float32)
-            k = int(max(2, min(20, n_items // 20)))
+            k = int(max(2, min(max_arms, n_items // 20)))
             kmeans = faiss.Kmeans(vectors.shape[1], k, niter=20, seed=seed, spherical=True)
             kmeans.train(vectors)
             of_item = kmeans.index.search(vectors, 1)[1][:, 0].astype(np.int64)
@@ -165,7 +181,7 @@ class Arms:
             kind = "cluster"
         order = np.lexsort((np.arange(n_items), -np.asarray(trend, dtype=float)))
         pools = [order[of_item[order] == a] for a in range(len(names))]
-        return cls(names, of_item, pools, kind)
+        return cls(list(names), of_item, pools, kind)
 
 
 # -- state: posteriors, LinUCB, seen feedback -----------------------------------------
@@ -310,8 +326,9 @@ def prior(
 
 
 def explore_share(config: ExploreConfig, evidence: float) -> float:
-    """Probability that a slot explores, for a shopper with ``evidence`` positives and
-    feedback so far."""
+    """Probability that a slot explores, for a shopper with ``evidence`` positives so far
+    (her positive events and accepted items). Items she was shown and passed over do not
+    count: misses are a reason to look elsewhere, not to stop looking."""
     if config.policy == "exploit":
         return 0.0
     if config.policy == "epsilon":
@@ -369,6 +386,13 @@ def make_slate(
             pool_cursor[a] += 1
         return int(pool[pool_cursor[a]]) if pool_cursor[a] < len(pool) else None
 
+    # Thompson's sampled rates: drawn once per slate (the posterior does not change within
+    # it); each slot's arm probabilities are the wins among the arms still available
+    draws = (
+        rng.beta(alpha, beta, size=(_MONTE_CARLO, len(alpha)))
+        if config.policy == "thompson" and p_explore > 0
+        else None
+    )
     for _ in range(k):
         exploit = next_exploit()
         options = {a: best_of(a) for a in range(len(arms.names))}
@@ -379,7 +403,7 @@ def make_slate(
                 break
             p_x = 1.0
         arm_p = (
-            _arm_probabilities(config, list(options), alpha, beta, rng, context, state, rounds)
+            _arm_probabilities(config, list(options), alpha, beta, draws, context, state, rounds)
             if p_x > 0
             else {}
         )
@@ -407,7 +431,7 @@ def _arm_probabilities(
     available: list[int],
     alpha: np.ndarray,
     beta: np.ndarray,
-    rng: np.random.Generator,
+    draws: np.ndarray | None,
     context: np.ndarray | None,
     state: ExploreState | None,
     rounds: int,
@@ -416,10 +440,9 @@ def _arm_probabilities(
     idx = np.array(available)
     if config.policy == "epsilon":
         return {a: 1.0 / len(available) for a in available}
-    if config.policy == "thompson":
-        # P(arm's sampled rate is the highest), estimated by the sampler itself
-        draws = rng.beta(alpha[idx], beta[idx], size=(_MONTE_CARLO, len(idx)))
-        wins = np.bincount(draws.argmax(axis=1), minlength=len(idx)) / _MONTE_CARLO
+    if config.policy == "thompson" and draws is not None:
+        # P(arm's sampled rate is the highest), estimated from the sampler's own draws
+        wins = np.bincount(draws[:, idx].argmax(axis=1), minlength=len(idx)) / _MONTE_CARLO
         return {a: float(w) for a, w in zip(available, wins) if w > 0}
     if config.policy == "ucb":
         trials = alpha[idx] + beta[idx] - 2.0
@@ -658,7 +681,7 @@ def simulate(
                     config,
                     a0 + succ,
                     b0 + fail,
-                    evidence=float(s["positives"].sum() + succ.sum() + fail.sum()),
+                    evidence=float(s["positives"].sum() + succ.sum()),
                     rng=rng,
                     exclude=s["seen"],
                     context=s["context"],

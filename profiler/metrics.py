@@ -16,7 +16,7 @@ text and one column per tag of the taxonomy. Mismatched shapes raise ``ValueErro
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,12 +25,16 @@ __all__ = [
     "expected_calibration_error",
     "hit_rate_at_k",
     "intra_list_diversity",
+    "long_tail_share",
     "macro_roc_auc",
     "mean_average_precision",
     "mrr",
     "multilabel_f1",
     "ndcg_at_k",
+    "novelty",
     "recall_at_k",
+    "self_information",
+    "short_head",
     "top_label_calibration_error",
 ]
 
@@ -449,3 +453,29 @@ def top_label_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: 
     top = prob.argmax(axis=1)
     rows = np.arange(len(prob))
     return _binned_calibration_error(prob[rows, top], truth[rows, top], n_bins)
+
+
+def novelty(ranked: Sequence[str], bits: Mapping[str, float]) -> float:
+    """Mean self-information ``-log2 p(item)`` of a list's items, with ``p`` an item's
+    share of interactions (``bits`` from :func:`self_information`); 0.0 for an empty list."""
+    values = [bits[i] for i in ranked if i in bits]
+    return float(np.mean(values)) if values else 0.0
+
+
+def self_information(counts: Mapping[str, int], n_items: int) -> dict[str, float]:
+    """``-log2`` of each item's add-one smoothed share of interactions; items never
+    interacted with get the largest value (use ``.get(item, unseen)``)."""
+    total = float(sum(counts.values())) + n_items
+    return {i: float(-np.log2((c + 1.0) / total)) for i, c in counts.items()}
+
+
+def long_tail_share(ranked: Sequence[str], head: set[str]) -> float:
+    """Share of a list's items outside the short head (``head``: the most interacted-with
+    items, see :func:`short_head`); 0.0 for an empty list."""
+    return float(np.mean([i not in head for i in ranked])) if len(ranked) else 0.0
+
+
+def short_head(counts: Mapping[str, int], n_items: int, share: float = 0.2) -> set[str]:
+    """The most interacted-with ``share`` of the catalogue (the Pareto 20% by default)."""
+    ordered = sorted(counts, key=lambda i: (-counts[i], i))
+    return set(ordered[: max(1, round(share * n_items))])

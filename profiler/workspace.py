@@ -1396,7 +1396,7 @@ class Workspace:
         succ, fail = self.explore_state().counts(user)
         # alpha + beta - 2 of an arm = her positives + prior_strength + her trials on it
         positives = alpha[0] + beta[0] - 2 - succ[0] - fail[0] - config.prior_strength
-        evidence = float(positives + succ.sum() + fail.sum())
+        evidence = float(positives + succ.sum())  # misses do not lower exploration
         when = datetime.now(timezone.utc).timestamp()
         slate = make_slate(
             ranked.positions[rows],

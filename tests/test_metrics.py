@@ -168,3 +168,16 @@ def test_macro_roc_auc_counts_ties_half_and_skips_one_class_tags():
     assert macro_roc_auc(targets, tied) == 0.5
     with pytest.raises(ValueError, match="ROC-AUC"):
         macro_roc_auc(np.ones((3, 1)), np.zeros((3, 1)))
+
+
+def test_novelty_and_long_tail_by_hand():
+    from profiler.metrics import long_tail_share, novelty, self_information, short_head
+
+    counts = {"a": 6, "b": 2, "c": 0}
+    bits = self_information(counts, 4)  # shares (c + 1) / (8 + 4)
+    assert bits["a"] == pytest.approx(-np.log2(7 / 12))
+    assert novelty(["a", "c"], bits) == pytest.approx((-np.log2(7 / 12) - np.log2(1 / 12)) / 2)
+    head = short_head(counts, 10)  # 20% of 10 items: the 2 most interacted-with
+    assert head == {"a", "b"}
+    assert long_tail_share(["a", "c", "d", "b"], head) == 0.5
+    assert long_tail_share([], head) == 0.0 and novelty([], bits) == 0.0

@@ -15,8 +15,10 @@ __all__ = [
 CATALOG_COLUMNS = ("item_id", "title", "description", "category", "brand", "price")
 CATALOG_REQUIRED = ("item_id", "title")
 
-EVENT_COLUMNS = ("user_id", "timestamp", "kind", "item_id", "text", "rating")
+EVENT_COLUMNS = ("user_id", "timestamp", "kind", "item_id", "text", "rating", "device", "channel")
 EVENT_REQUIRED = ("user_id", "timestamp", "kind")
+#: Optional context of an event, kept for context-aware exploration (LinUCB); "" if absent.
+EVENT_CONTEXT = ("device", "channel")
 
 EVENT_KINDS = ("review", "search", "view", "click", "purchase", "like", "dislike")
 #: A search is its query text; a review is about an item and says something about it.

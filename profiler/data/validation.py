@@ -520,6 +520,8 @@ def _event(record: Mapping[str, Any], known: set[str] | None, latest: float) -> 
         "item_id": item_id,
         "text": text,
         "rating": rating,
+        "device": _display(record.get("device"), "device", required=False)[:64],
+        "channel": _display(record.get("channel"), "channel", required=False)[:64],
     }
 
 
