@@ -839,7 +839,9 @@ def train_scorer(
     # Users are split into folds; every query is scored by scorers fitted without its
     # user, so the choice rests on all queries (one 20% split of ~150 queries was noise:
     # it picked LightGBM at +0.03 NDCG@10 that lost 0.03 on the dev split's test users).
-    unique = np.array(sorted(set(owners)), dtype=object)
+    # in order of first appearance, not by id: pseudonyms are keyed per workspace, so
+    # sorting them would give every workspace (and every test run) other folds
+    unique = np.array(list(dict.fromkeys(owners)), dtype=object)
     fold_of_user = dict(zip(unique, np.random.default_rng(cfg.seed).permutation(len(unique))))
     n_folds = max(2, min(cfg.folds, len(unique)))
     fold = np.array([fold_of_user[o] % n_folds for o in owners])

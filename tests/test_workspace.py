@@ -166,7 +166,7 @@ def test_feedback_dislike_is_negative_evidence(built):
     built.feedback(user, first, liked=False, timestamp=when)
     assert built.profiles[user].has_negative
     assert first not in built.recommend(user, k=20).ids  # seen now, and disliked
-    with pytest.raises(ValueError, match="rejected"):
+    with pytest.raises(KeyError, match="unknown item 'no-such-item'"):
         built.feedback(user, "no-such-item", liked=True)
 
 

@@ -100,8 +100,11 @@ class TaggingData:
 def split_by_group(
     groups: Sequence[str], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row indices of train / validation / test with every group on one side only."""
-    unique = np.array(sorted(set(groups)))
+    """Row indices of train / validation / test with every group on one side only.
+
+    Groups are taken in order of first appearance, not sorted by name: user ids are
+    keyed pseudonyms that differ between workspaces, and the split must not."""
+    unique = np.array(list(dict.fromkeys(groups)))
     rng = np.random.default_rng(seed)
     rng.shuffle(unique)
     n_train = round(fractions[0] * len(unique))
