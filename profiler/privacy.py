@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
     "Scrubber",
     "dp_aggregates",
     "drop_quarantined",
+    "interest_table",
     "luhn_ok",
+    "without_rows",
 ]
 
 KEY_FILE = "privacy.key"
@@ -255,6 +258,25 @@ class ForgetReport:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
+def without_rows(
+    events: pd.DataFrame, event_vectors: np.ndarray, rows: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """The events less ``rows`` (one shopper's), with ``text_row`` renumbered; the rows
+    of ``event_vectors`` to keep (texts someone else also wrote stay); and the texts only
+    those rows had, whose vectors go."""
+    mine = events.iloc[rows]
+    rest = events.drop(events.index[rows]).reset_index(drop=True)
+    hers = set(mine["text_row"][mine["text_row"] >= 0].tolist())
+    others = set(rest["text_row"][rest["text_row"] >= 0].tolist())
+    only_hers = sorted(hers - others)
+    kept = np.setdiff1d(np.arange(len(event_vectors)), only_hers)
+    remap = np.full(len(event_vectors) + 1, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    rest["text_row"] = remap[rest["text_row"].to_numpy()]  # -1 reads the last slot: -1
+    texts = mine.drop_duplicates("text_row").set_index("text_row")["text"]
+    return rest, kept, [texts[r] for r in only_hers]
+
+
 def drop_quarantined(directory: str | os.PathLike[str], user: str) -> int:
     """Rewrite every quarantine file in ``directory`` without the records of ``user``
     (her stored id); returns how many rows were dropped."""
@@ -288,6 +310,55 @@ def drop_quarantined(directory: str | os.PathLike[str], user: str) -> int:
 
 class BudgetSpentError(ValueError):
     """An export would spend more privacy budget than the workspace has left."""
+
+
+#: Activity segments of the category-interest statistic: a shopper's number of events.
+SEGMENTS = ("1", "2-4", "5+")
+
+
+def interest_table(
+    events: pd.DataFrame, weights: np.ndarray, items: pd.DataFrame, level: str | int
+) -> tuple[pd.DataFrame, dict[str, list[tuple[str, str]]]]:
+    """What :func:`dp_aggregates` releases for a workspace, and its public domain.
+
+    Each shopper's positive evidence (``weights`` > 0, aligned with ``events``) on items is
+    summed per category key, strongest first: ``category_interest`` by top-level category
+    within her activity segment (:data:`SEGMENTS`), ``tag_popularity`` by the category at
+    ``level``. The domain lists every key the catalogue has (public: not personal)."""
+    from profiler.tags.taxonomy import category_tag
+
+    category = items.set_index("item_id")["category"].fillna("").to_dict()
+    on_item = (events["item_id"] != "").to_numpy()
+    frame = pd.DataFrame(
+        {
+            "user": events["user_id"].to_numpy()[on_item],
+            "category": [category.get(i, "") for i in events["item_id"][on_item]],
+            "weight": np.asarray(weights, dtype=float)[on_item],
+        }
+    )
+    frame = frame[(frame["weight"] > 0) & (frame["category"] != "")]
+    n_events = events.groupby("user_id").size()
+    segment_of = pd.cut(n_events, [0, 1, 4, np.inf], labels=list(SEGMENTS)).astype(str)
+    statistics = {
+        "category_interest": (lambda c: category_tag(c, "top"), True),
+        "tag_popularity": (lambda c: category_tag(c, level), False),
+    }
+    rows = []
+    for statistic, (to_key, by_segment) in statistics.items():
+        keyed = frame.assign(key=frame["category"].map(to_key))
+        keyed = keyed.groupby(["user", "key"], as_index=False)["weight"].sum()
+        keyed = keyed.sort_values(["user", "weight"], ascending=[True, False])
+        keyed["segment"] = keyed["user"].map(segment_of) if by_segment else "all"
+        keyed["statistic"] = statistic
+        rows.append(keyed[["user", "statistic", "segment", "key"]])
+    names = items["category"].fillna("")
+    names = names[names != ""]
+    tops = sorted({category_tag(c, "top") for c in names})
+    domain = {
+        "category_interest": [(segment, key) for segment in SEGMENTS for key in tops],
+        "tag_popularity": [("all", k) for k in sorted({category_tag(c, level) for c in names})],
+    }
+    return pd.concat(rows, ignore_index=True), domain
 
 
 def dp_aggregates(

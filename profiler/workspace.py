@@ -1696,22 +1696,13 @@ class Workspace:
         Old generations are deleted once no open workspace holds them.
         """
         from profiler.embedding import text_keys
-        from profiler.privacy import drop_quarantined
+        from profiler.privacy import drop_quarantined, without_rows
 
         stored = self.stored_id(user)
         with self._writing(drop=self._models_with(stored, keep_models)) as staged:
             rows = self._user_rows[stored]
-            mine = self.events.iloc[rows]
-            rest = self.events.drop(self.events.index[rows]).reset_index(drop=True)
-            her_rows = set(mine["text_row"][mine["text_row"] >= 0].tolist())
-            others = set(rest["text_row"][rest["text_row"] >= 0].tolist())
-            only_hers = sorted(her_rows - others)
-            keep = np.setdiff1d(np.arange(len(self.event_vectors)), only_hers)
-            remap = np.full(len(self.event_vectors) + 1, -1, dtype=np.int64)
-            remap[keep] = np.arange(len(keep))
-            rest["text_row"] = remap[rest["text_row"].to_numpy()]  # -1 reads the last: -1
-            texts = mine.drop_duplicates("text_row").set_index("text_row")["text"]
-            her_texts = [texts[r] for r in only_hers]
+            n_events = len(rows)
+            rest, kept, her_texts = without_rows(self.events, self.event_vectors, rows)
             documents = set(item_document(r) for r in self.items.to_dict(orient="records"))
             cache = self.embedder.cache
             cache_removed = (
@@ -1729,7 +1720,7 @@ class Workspace:
             if had_explore or (self.data / "explore.json").is_file():
                 explore.save(staged)
             in_index = stored in self.user_index
-            self._set_events(rest, np.ascontiguousarray(self.event_vectors[keep]))
+            self._set_events(rest, np.ascontiguousarray(self.event_vectors[kept]))
             model = self.recommender
             if retrain:
                 with _one_thread():
@@ -1753,8 +1744,8 @@ class Workspace:
         held = [g.name for g in self.store.generations.iterdir() if g.name != self.generation]
         report = ForgetReport(
             user=user,
-            events=len(mine),
-            texts=len(only_hers),
+            events=n_events,
+            texts=len(her_texts),
             profile=True,
             user_index=in_index,
             overrides=had_overrides,
@@ -1788,8 +1779,7 @@ class Workspace:
         """
         import math
 
-        from profiler.privacy import BudgetSpentError, dp_aggregates
-        from profiler.tags.taxonomy import category_tag
+        from profiler.privacy import BudgetSpentError, dp_aggregates, interest_table
 
         if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
@@ -1810,42 +1800,9 @@ class Workspace:
                 f"({spent:g} of {total:g} spent); no more aggregates can be released"
             )
         level = self.tag_level if (self.tags_dir / "tagging.json").is_file() else 2
-        categories = self.items.set_index("item_id")["category"].fillna("").to_dict()
-        events = self.events[self.events["item_id"] != ""]
         builder = ProfileBuilder(self.profile_config)
-        weight = event_evidence(builder, events, self.item_index, self.event_vectors).weights
-        frame = pd.DataFrame(
-            {
-                "user": events["user_id"].to_numpy(),
-                "category": [categories.get(i, "") for i in events["item_id"]],
-                "weight": np.asarray(weight, dtype=float),
-            }
-        )
-        frame = frame[(frame["weight"] > 0) & (frame["category"] != "")]
-        n_events = self.events.groupby("user_id").size()
-        segment_of = pd.cut(n_events, [0, 1, 4, np.inf], labels=["1", "2-4", "5+"]).astype(str)
-        rows = []
-        for statistic, to_key, segments in (
-            ("category_interest", lambda c: category_tag(c, "top"), True),
-            ("tag_popularity", lambda c: category_tag(c, level), False),
-        ):
-            keyed = frame.assign(key=frame["category"].map(to_key))
-            keyed = keyed.groupby(["user", "key"], as_index=False)["weight"].sum()
-            keyed = keyed.sort_values(["user", "weight"], ascending=[True, False])
-            keyed["segment"] = keyed["user"].map(segment_of) if segments else "all"
-            keyed["statistic"] = statistic
-            rows.append(keyed[["user", "statistic", "segment", "key"]])
-        table = pd.concat(rows, ignore_index=True)
-        names = self.items["category"].fillna("")
-        names = names[names != ""]
-        domain = {
-            "category_interest": [
-                (segment, key)
-                for segment in ("1", "2-4", "5+")
-                for key in sorted({category_tag(c, "top") for c in names})
-            ],
-            "tag_popularity": [("all", k) for k in sorted({category_tag(c, level) for c in names})],
-        }
+        weights = event_evidence(builder, self.events, self.item_index, self.event_vectors).weights
+        table, domain = interest_table(self.events, weights, self.items, level)
         released = dp_aggregates(table, domain, epsilon=epsilon, per_user=per_user)
         with self._writing():
             record = {
