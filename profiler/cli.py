@@ -421,15 +421,15 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from profiler.explore import ExploreConfig, simulate
+    from profiler.explore import simulate
 
     ws = Workspace.open(args.workspace, show_progress_bar=False)
-    config = replace(ws.explore_config(), policy=args.policy)
+    config = replace(ws.explore_config(), policy=args.policy)  # replace re-validates
     if args.strength is not None:
         config = replace(config, strength=args.strength)
     result = simulate(
         ws,
-        ExploreConfig.from_dict(config.to_dict()),
+        config,
         rounds=args.rounds,
         k=args.k,
         seed=args.seed,

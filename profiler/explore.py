@@ -300,6 +300,28 @@ def context_features(
 CONTEXT_DIM = 7
 
 
+def with_prior_mean(context: np.ndarray, alpha: np.ndarray, beta: np.ndarray, arm: int):
+    """``context`` with its last feature set to her posterior mean for ``arm`` (a copy;
+    unchanged for an item without an arm)."""
+    out = context.copy()
+    if arm >= 0:
+        out[-1] = alpha[arm] / (alpha[arm] + beta[arm])
+    return out
+
+
+def population_shares(arm: np.ndarray, counted: np.ndarray, n_arms: int) -> np.ndarray:
+    """Each arm's add-one smoothed share of the positive events ``counted`` (a mask over
+    events, ``arm`` each event's arm)."""
+    counts = np.bincount(arm[counted], minlength=n_arms).astype(float)
+    return (counts + 1.0) / (counts.sum() + n_arms)
+
+
+def arm_positives(arm: np.ndarray, counted: np.ndarray, rows: np.ndarray, n_arms: int):
+    """One shopper's positive events per arm, from her event ``rows``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return np.bincount(arm[rows[counted[rows]]], minlength=n_arms).astype(float)
+
+
 # -- slates -----------------------------------------------------------------------------
 
 
@@ -608,15 +630,14 @@ def simulate(
     ranker is kept, the same for every policy. ``max_users`` samples shoppers (by
     ``seed``) to bound the run; the same seed gives every policy the same shoppers.
     """
-    from profiler.ranking import event_evidence
     from profiler.recommender import Query
 
     if rounds < 1 or k < 1:
         raise ValueError("rounds and k must be positive")
     model = workspace.recommender
     events = workspace.events
-    evidence = event_evidence(model.builder_, events, workspace.item_index, workspace.event_vectors)
-    positive = (evidence.weights > 0) & (events["item_id"] != "").to_numpy()
+    event_arm, positive = workspace.event_arms()
+    positive = positive & (events["item_id"] != "").to_numpy()
     last = events.reset_index(drop=True).groupby("user_id", sort=False).tail(1)
     held = last[positive[last.index]]
     rng = np.random.default_rng(seed)
@@ -627,22 +648,18 @@ def simulate(
     catalogue = model.catalogue_
     position = catalogue.position
     arms = workspace.explore_arms()
+    n_arms = len(arms.names)
     keep = np.ones(len(events), dtype=bool)
     keep[held.index.to_numpy()] = False
     rest = events[keep].reset_index(drop=True)
-    rest_positive = positive[keep]
-    arm_of_event = np.array(
-        [arms.of_item[position[i]] if i in position else -1 for i in rest["item_id"]],
-        dtype=np.int64,
-    )
-    counted = rest_positive & (arm_of_event >= 0)
-    population = np.bincount(arm_of_event[counted], minlength=len(arms.names)).astype(float)
-    population = (population + 1.0) / (population.sum() + len(arms.names))
+    arm_of_event = event_arm[keep]
+    counted = positive[keep] & (arm_of_event >= 0)
+    population = population_shares(arm_of_event, counted, n_arms)
     saved = model.state_
     model.set_state(model.fit_state(rest, saved.user_index))
     try:
         rows_of = rest.groupby("user_id", sort=False).indices
-        state = ExploreState(len(arms.names), CONTEXT_DIM)
+        state = ExploreState(n_arms, CONTEXT_DIM)
         novelty = novelty_bits(saved.interactions.counts_)
         per_user = []
         shoppers = []
@@ -651,8 +668,7 @@ def simulate(
             history = rest.iloc[rows]
             shopper = model.shopper(Query(row.user_id, history), stored=len(rows) > 0)
             ranked = model.rank(shopper).positions
-            mine = rows[counted[rows]] if len(rows) else rows
-            positives = np.bincount(arm_of_event[mine], minlength=len(arms.names)).astype(float)
+            positives = arm_positives(arm_of_event, counted, rows, n_arms)
             device = str(history["device"].iloc[-1]) if "device" in history and len(rows) else ""
             channel = str(history["channel"].iloc[-1]) if "channel" in history and len(rows) else ""
             shoppers.append(
@@ -690,12 +706,8 @@ def simulate(
                 )
                 for p in slate.positions.tolist():
                     reward = 1.0 if p == s["target"] else 0.0
-                    context = s["context"].copy()
                     arm = int(arms.of_item[p])
-                    if arm >= 0:
-                        context[-1] = (a0[arm] + succ[arm]) / (
-                            a0[arm] + b0[arm] + succ[arm] + fail[arm]
-                        )
+                    context = with_prior_mean(s["context"], a0 + succ, b0 + fail, arm)
                     state.update(s["user"], arm, reward, context)
                     s["seen"].add(p)
                     s["shown"].append(p)

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,10 +97,6 @@ class Pseudonymizer:
     def __call__(self, user_id: str) -> str:
         digest = hmac.new(self._key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
         return digest[:PSEUDONYM_HEX]
-
-    def many(self, user_ids: Iterable[str]) -> list[str]:
-        cache: dict[str, str] = {}
-        return [cache.setdefault(u, self(u)) if u not in cache else cache[u] for u in user_ids]
 
 
 # -- PII scrubbing ------------------------------------------------------------------------

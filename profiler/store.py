@@ -245,6 +245,20 @@ class Store:
         (staged / LEASE).touch(mode=0o600)
         return Generation(gen_id, staged, linked)
 
+    @contextlib.contextmanager
+    def staging(
+        self, carry: Iterable[str] | None = None, *, drop: Iterable[str] = ()
+    ) -> Iterator[Generation]:
+        """:meth:`stage` for a block that publishes it: if the block raises, the staged
+        directory is discarded; after it, generations no reader holds are removed."""
+        staged = self.stage(carry, drop=drop)
+        try:
+            yield staged
+        except BaseException:
+            self.discard(staged)
+            raise
+        self.clean()
+
     def publish(self, staged: Generation, manifest: dict) -> tuple[Generation, dict]:
         """Checksum every staged file into ``manifest["files"]``, write the manifest,
         rename the staged directory into place and point ``CURRENT`` at it (the one step

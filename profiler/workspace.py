@@ -328,17 +328,12 @@ class Workspace:
                     f"{self.path}: another process published a new state of this workspace "
                     "since it was opened here; open it again before changing it"
                 )
-            staged = self.store.stage(carry, drop=drop)
-            try:
+            with self.store.staging(carry, drop=drop) as staged:
                 with self._rw.write() if exclusive else contextlib.nullcontext():
                     yield staged.dir
                 with self._rw.write():
                     self.manifest["updated"] = _now()
                     self._publish(staged, self.manifest)
-            except BaseException:
-                self.store.discard(staged)
-                raise
-            self.store.clean()
 
     def _publish(self, staged: Generation, manifest: dict) -> None:
         published, self.manifest = self.store.publish(staged, manifest)
@@ -833,8 +828,9 @@ class Workspace:
             event_frame = event_frame.reset_index(drop=True)
             previous = _previous_manifest(store)
             # models trained separately (tags, sentiment) and tag overrides carry over
-            staged = store.stage(carry=["models/tags", "models/sentiment", "overrides.json"])
-            try:
+            with store.staging(
+                carry=["models/tags", "models/sentiment", "overrides.json"]
+            ) as staged:
                 sentiment = None
                 if (staged.dir / "models" / "sentiment").is_dir():
                     # a model trained here before: reviews without stars get predicted ones
@@ -864,10 +860,6 @@ class Workspace:
                 )
                 ws._sentiment = sentiment
                 ws._publish(staged, ws.manifest)
-            except BaseException:
-                store.discard(staged)
-                raise
-            store.clean()
             _secure_root(path)
             logger.info(
                 "built %s: %d items, %d events, %d users; ranker: %s",
@@ -1314,15 +1306,8 @@ class Workspace:
             if allowed is not None:
                 keep &= allowed[ranked.positions]
             if removed_tags:
-                from profiler.tags.taxonomy import category_tag
-
-                dropped, level = set(removed_tags), self.tag_level
-                names = catalogue.category_names
                 codes = catalogue.categories[ranked.positions]
-                keep &= np.array(
-                    [category_tag(names[c] if c >= 0 else "", level) not in dropped for c in codes],
-                    dtype=bool,
-                )
+                keep &= ~self._removed_categories(removed_tags)[codes]
             rows = np.flatnonzero(keep)
             if diversity > 0 and len(rows):
                 order = mmr(ranked.scores[rows], ranked.candidates.vectors[rows], k, diversity)
@@ -1345,11 +1330,20 @@ class Workspace:
             reasons,
         )
 
+    def _removed_categories(self, removed_tags: Sequence[str]) -> np.ndarray:
+        """Per category code, whether its tag is one the shopper removed; one more entry,
+        False, for code -1 (no category)."""
+        from profiler.tags.taxonomy import category_tag
+
+        dropped, level = set(removed_tags), self.tag_level
+        names = self.recommender.catalogue_.category_names
+        return np.array([category_tag(n, level) in dropped for n in names] + [False], dtype=bool)
+
     def _resolve_explore(self, explore):
         """``recommend``'s ``explore`` argument as a config, or ``None`` for no exploration."""
         from dataclasses import replace
 
-        from profiler.explore import ExploreConfig
+        from profiler.explore import ExploreConfig, explore_share
 
         if explore is None or explore is False:
             return None
@@ -1361,11 +1355,8 @@ class Workspace:
             config = replace(self.explore_config(), strength=float(explore))
         else:
             config = ExploreConfig.parse(explore)
-        if config.policy == "exploit" or (config.policy != "epsilon" and config.strength == 0):
-            return None
-        if config.policy == "epsilon" and config.epsilon == 0:
-            return None
-        return config
+        # a config that never explores, even for a shopper with no evidence: plain ranking
+        return config if explore_share(config, 0.0) > 0 else None
 
     def _explore_slate(
         self, user, shopper, ranked, rows, k, config, seed, allowed, removed_tags
@@ -1378,25 +1369,16 @@ class Workspace:
         arms = self.explore_arms()
         permitted = np.ones(len(catalogue.item_ids), dtype=bool)
         if allowed is not None:
-            permitted &= allowed[: len(permitted)]
+            permitted &= allowed
         if removed_tags:
-            from profiler.tags.taxonomy import category_tag
-
-            names, level, dropped = catalogue.category_names, self.tag_level, set(removed_tags)
-            tags = np.array(
-                [category_tag(n, level) in dropped for n in names] + [False], dtype=bool
-            )
-            permitted &= ~tags[catalogue.categories]
+            permitted &= ~self._removed_categories(removed_tags)[catalogue.categories]
         seen = set()
         if user is not None:
             position = catalogue.position
             seen = {position[i] for i in self.user_events(user)["item_id"] if i in position}
         seen |= set(np.flatnonzero(~permitted).tolist())
-        alpha, beta = self._explore_prior(user, config)
+        alpha, beta, evidence = self._explore_prior(user, config)
         succ, fail = self.explore_state().counts(user)
-        # alpha + beta - 2 of an arm = her positives + prior_strength + her trials on it
-        positives = alpha[0] + beta[0] - 2 - succ[0] - fail[0] - config.prior_strength
-        evidence = float(positives + succ.sum())  # misses do not lower exploration
         when = datetime.now(timezone.utc).timestamp()
         slate = make_slate(
             ranked.positions[rows],
@@ -1405,7 +1387,7 @@ class Workspace:
             config,
             alpha,
             beta,
-            evidence=max(evidence, 0.0),
+            evidence=evidence,
             rng=np.random.default_rng(seed),
             exclude=seen,
             context=context_features(when),
@@ -1570,7 +1552,7 @@ class Workspace:
         """
         import math
 
-        from profiler.explore import context_features
+        from profiler.explore import context_features, with_prior_mean
 
         if (liked is None) == (reward is None):
             raise ValueError("pass exactly one of liked= or reward=")
@@ -1601,11 +1583,9 @@ class Workspace:
             raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
         arm = int(self.explore_arms().of_item[position[item_id]])
         with self._writing() as staged:
-            alpha, beta = self._explore_prior(stored)  # before this answer counts
+            alpha, beta, _ = self._explore_prior(stored)  # before this answer counts
             self._append(*prepared)
-            context = context_features(float(when))
-            if arm >= 0:
-                context[-1] = alpha[arm] / (alpha[arm] + beta[arm])
+            context = with_prior_mean(context_features(float(when)), alpha, beta, arm)
             state.update(stored, arm, float(reward), context)
             if key is not None:
                 state.seen.add(key)
@@ -1640,9 +1620,9 @@ class Workspace:
             self._explore = ExploreState.load(self.data, n_arms, CONTEXT_DIM)
         return self._explore
 
-    def _explore_positives(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each event's arm (-1: none) and whether it is positive evidence on an arm
-        (computed once per state of the events)."""
+    def event_arms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each event's explore arm (-1: none) and whether it is positive evidence (its
+        profile weight is above 0); computed once per state of the events."""
         if self._explore_events is None:
             builder = self.recommender.builder_
             weights = event_evidence(
@@ -1654,25 +1634,27 @@ class Workspace:
                 [of_item[position[i]] if i in position else -1 for i in self.events["item_id"]],
                 dtype=np.int64,
             )
-            self._explore_events = (arm, (weights > 0) & (arm >= 0))
+            self._explore_events = (arm, weights > 0)
         return self._explore_events
 
-    def _explore_prior(self, stored: str | None, config=None) -> tuple[np.ndarray, np.ndarray]:
-        """Her Beta posterior per arm: the prior from her positives and the population's,
-        plus her feedback counts (``None``: a new shopper)."""
-        from profiler.explore import prior
+    def _explore_prior(
+        self, stored: str | None, config=None
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Her Beta posterior per arm (the prior from her positives and the population's,
+        plus her feedback counts; ``None``: a new shopper) and her evidence: positives and
+        accepted items, what lowers her explore share (misses do not)."""
+        from profiler.explore import arm_positives, population_shares, prior
 
-        arm, positive = self._explore_positives()
+        arm, positive = self.event_arms()
+        counted = positive & (arm >= 0)
         n_arms = len(self.explore_arms().names)
-        population = np.bincount(arm[positive], minlength=n_arms).astype(float)
-        population = (population + 1.0) / (population.sum() + n_arms)
         positives = np.zeros(n_arms)
         if stored is not None and stored in self._user_rows:
-            rows = self._user_rows[stored]
-            positives = np.bincount(arm[rows[positive[rows]]], minlength=n_arms).astype(float)
+            positives = arm_positives(arm, counted, self._user_rows[stored], n_arms)
+        population = population_shares(arm, counted, n_arms)
         alpha, beta = prior(config or self.explore_config(), positives, population)
         succ, fail = self.explore_state().counts(stored)
-        return alpha + succ, beta + fail
+        return alpha + succ, beta + fail, float(positives.sum() + succ.sum())
 
     def explore_config(self):
         """The workspace's explore settings (``explore.config.json``), or the defaults."""
