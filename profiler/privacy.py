@@ -33,6 +33,7 @@ import pandas as pd
 __all__ = [
     "KEY_FILE",
     "SCRUB_KINDS",
+    "WITHHELD",
     "BudgetSpentError",
     "ForgetReport",
     "PrivacyPolicy",
@@ -118,6 +119,9 @@ _ADDRESS = re.compile(
     r"(?:,?\s+(?:apt|apartment|suite|unit|#)\.?\s*\w+)?",
     flags=re.IGNORECASE,
 )
+#: What a quarantined unreadable line holds instead of its raw text in a pseudonymous
+#: workspace.
+WITHHELD = "[withheld: an unreadable line may hold a raw user id]"
 #: What :class:`Scrubber` can remove, in the order it looks (cards before phones: a card
 #: number is also a long digit run).
 SCRUB_KINDS = ("email", "card", "phone", "address")
@@ -215,13 +219,23 @@ class PrivacyPolicy:
         return self.scrubber(text) if text else text
 
     def record(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """A quarantined row with its user id pseudonymised and every string scrubbed."""
+        """A quarantined row with its user id pseudonymised and every string scrubbed
+        (in lists too: a CSV row's extra cells). The raw text of a line that could not be
+        parsed is withheld when ids are pseudonymous: its user id cannot be found in it
+        to map, so it would reach the disk raw; the file and line number still say where
+        to look."""
+        from profiler.data.loading import ROW_TEXT
+
         out: dict[str, Any] = {}
         for key, value in record.items():
             if key == "user_id" and isinstance(value, str) and value:
                 value = self.user(value)
+            elif key == ROW_TEXT and self.pseudonymize is not None:
+                value = WITHHELD
             elif isinstance(value, str):
                 value = self.text(value)
+            elif isinstance(value, list):
+                value = [self.text(v) if isinstance(v, str) else v for v in value]
             out[key] = value
         return out
 

@@ -254,3 +254,32 @@ def test_export_aggregates_spends_a_recorded_budget(private_ws, tiny_frames, emb
         rebuilt.export_aggregates(0.2)
     assert cli.main(["export-aggregates", "--workspace", path, "--epsilon", "0.2"]) == 2
     assert "privacy budget" in capsys.readouterr().err
+
+
+def test_quarantine_never_stores_a_raw_id_from_an_unreadable_line(tmp_path):
+    """A broken JSONL line cannot be parsed, so its user id cannot be mapped: its text is
+    withheld; a CSV row's extra cells are scrubbed like every other string."""
+    from profiler.data import load_events
+    from profiler.privacy import WITHHELD, PrivacyPolicy
+
+    policy = PrivacyPolicy(Pseudonymizer(b"k" * 32), Scrubber())
+    good = '{"user_id": "bob", "timestamp": 1700000000, "kind": "search", "text": "boots"}\n'
+    source = tmp_path / "events.jsonl"
+    source.write_text(good + '{"user_id": "alice.smith", "timestamp": 17')  # cut short
+    quarantine = tmp_path / "q.jsonl"
+    loaded = load_events(source, quarantine=quarantine, privacy=policy)
+    assert len(loaded.frame) == 1 and loaded.report.n_rejected == 1
+    text = quarantine.read_text()
+    assert "alice.smith" not in text and WITHHELD in text
+    record = json.loads(text)
+    assert record["row"] == 2 and "truncated" in record["reason"]
+    csv = tmp_path / "events.csv"
+    csv.write_text(
+        "user_id,timestamp,kind,text\ncarol,1700000000,search,boots,mail carol@example.com\n"
+    )
+    load_events(csv, quarantine=quarantine, privacy=policy)
+    stored = json.loads(quarantine.read_text())["record"]
+    assert "carol@example.com" not in quarantine.read_text()
+    assert stored["user_id"] == policy.user("carol") and "[email]" in str(stored)
+    plain = PrivacyPolicy(None, Scrubber())  # raw ids kept: the raw line may stay
+    assert plain.record({"__row_text__": "x"}) == {"__row_text__": "x"}
