@@ -289,6 +289,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workspace", type=Path, default=DEMO_WORKSPACE)
     demo.add_argument("-k", type=int, default=5)
     _add_common(demo)
+
+    serve = commands.add_parser("serve", help="the HTTP API and explorer page over a workspace")
+    serve.add_argument("--workspace", required=True, type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key-file", type=Path, help="a file holding the key every API request must send"
+    )
+    serve.add_argument(
+        "--max-body-mb", type=float, default=8.0, help="largest request body (413 above)"
+    )
+    _add_common(serve)
     return parser
 
 
@@ -570,6 +582,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_results(f"shopper {user} wrote: {review[:90]!r}...", ws.recommend(user, k=args.k))
         print()
     print(f"Try: profiler search --workspace {args.workspace} 'linen trousers'")
+    print(
+        f"Serve it: profiler serve --workspace {args.workspace}  "
+        "(explorer page http://127.0.0.1:8000/, API docs /docs)"
+    )
+    return 0
+
+
+def _read_api_key(path: Path) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such API key file")
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise ValueError(f"{path}: the API key file is empty")
+    return key
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from profiler.service.app import create_app
+
+    api_key = _read_api_key(args.api_key_file) if args.api_key_file else None
+    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    app = create_app(ws, api_key=api_key, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {ws} at {where}: explorer page {where}/, API docs {where}/docs", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    ws.close()
     return 0
 
 
@@ -743,6 +783,7 @@ COMMANDS = {
     "feedback": cmd_feedback,
     "simulate": cmd_simulate,
     "compare": cmd_compare,
+    "serve": cmd_serve,
 }
 
 

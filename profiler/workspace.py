@@ -1448,6 +1448,67 @@ class Workspace:
         hits = self.user_index.search(self.profiles[user].vector[None, :], k, exclude={user})
         return [(u, float(s)) for u, s in zip(hits.ids[0], hits.scores[0]) if u is not None]
 
+    def _item_vector(self, item_id: str) -> np.ndarray:
+        if not isinstance(item_id, str) or item_id not in self._titles:
+            raise KeyError(f"unknown item {item_id!r}: not in the catalogue")
+        return self.item_index.get([item_id])
+
+    @_reads
+    def similar_items(self, item_id: str, k: int = 10) -> Results:
+        """The ``k`` catalogue items closest to ``item_id`` (itself left out), through the
+        item index."""
+        hits = self.item_index.search(self._item_vector(item_id), k, exclude={item_id})
+        return self._results(hits.ids[0], hits.scores[0])
+
+    @_reads
+    def audience(self, item_id: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` shoppers most likely to want ``item_id``: the user index's nearest
+        profiles to the item's vector (stored ids: pseudonyms in a pseudonymous
+        workspace)."""
+        if self.user_index is None or not len(self.user_index):
+            self._item_vector(item_id)
+            return []
+        hits = self.user_index.search(self._item_vector(item_id), k)
+        return [(u, float(s)) for u, s in zip(hits.ids[0], hits.scores[0]) if u is not None]
+
+    @_reads
+    def describe(self, user: str, *, events: int = 10, items_per_centre: int = 3) -> dict:
+        """What the profiler holds about a shopper, for a person to read: her event counts,
+        her interest centres (each described by its nearest catalogue items) and her most
+        recent ``events``. Tags are :meth:`tags`."""
+        given, stored = user, self.stored_id(user)
+        if stored not in self.profiles:
+            raise UnknownUserError(given)
+        profile = self.profiles[stored]
+        centres = []
+        if len(profile.centres):
+            hits = self.item_index.search(profile.centres, items_per_centre)
+            for weight, ids, scores in zip(profile.centre_weights, hits.ids, hits.scores):
+                centres.append(
+                    {
+                        "weight": round(float(weight), 4),
+                        "items": self._results(ids, scores).records(),
+                    }
+                )
+        recent = self.user_events(stored).tail(events).iloc[::-1]
+        return {
+            "user_id": stored,
+            "events": int(profile.n_events),
+            "last_timestamp": float(profile.last_timestamp),
+            "centres": centres,
+            "recent_events": [
+                {
+                    "timestamp": float(row.timestamp),
+                    "kind": row.kind,
+                    "item_id": row.item_id or None,
+                    "title": self._titles.get(row.item_id, "") if row.item_id else "",
+                    "text": row.text,
+                    "rating": None if pd.isna(row.rating) else float(row.rating),
+                }
+                for row in recent.itertuples()
+            ],
+        }
+
     # -- incremental updates ------------------------------------------------------------
 
     def add_events(

@@ -1,0 +1,392 @@
+"""The profiler as an HTTP service: a FastAPI app over one open :class:`Workspace`.
+
+One process holds the workspace (model and indexes loaded once) and answers requests from
+uvicorn's thread pool. Reads run side by side; writes (``/events``, ``/feedback``, tag
+pins, forget) take one lock, so they are serialised, and the workspace swaps its state in
+one step when a write is done, so reads go on meanwhile and never see half of one
+(:mod:`profiler.store`).
+
+Errors are answers, not tracebacks: an unknown shopper or item is a 404 naming it, a
+malformed body a 400, a field out of bounds a 422 naming the field, a body over the
+limit a 413, a missing or wrong API key a 401, a workspace without a tag model a 409.
+Anything else is a 500 whose body says only that the server log has the details.
+"""
+
+import hmac
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+
+from profiler.service import schemas as s
+from profiler.service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from profiler.store import WriteLockedError
+from profiler.workspace import Workspace
+
+__all__ = ["API_KEY_HEADER", "MAX_BODY_BYTES", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+#: Largest request body accepted (bytes): 10,000 events of a few hundred characters.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BATCH = 100
+STATIC = Path(__file__).with_name("static")
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is a 413, whether it announces its
+    length or streams in chunks (counted as they arrive)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _too_large(self.limit)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, _too_large_message(self.limit))
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def _too_large_message(limit: int) -> str:
+    return f"request body over {limit} bytes; send fewer events or texts per request"
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": _too_large_message(limit)}, status_code=413)
+
+
+def _field(loc) -> str:
+    # ("body", "list[...RecommendRequest]", 3, "k") -> "[3].k": the union branch drops out
+    out = ""
+    for position, part in enumerate(loc):
+        if position == 0 and part in ("body", "query", "path", "header"):
+            continue  # where the field was, not its name
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "RecommendRequest" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _validation_answer(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            context = error.get("ctx", {}).get("error", "")
+            return JSONResponse(
+                {"detail": f"request body is not valid JSON: {context}".rstrip(": ")},
+                status_code=400,
+            )
+    # the one-or-many recommend body fails both ways: show the way the caller meant
+    # (an array: the batch; anything else: one request)
+    batch = isinstance(getattr(exc, "body", None), list)
+    shown = [e for e in errors if _branch(e["loc"]) in (None, batch)] or errors
+    found = [
+        {"field": _field(e["loc"]), "message": e["msg"].removeprefix("Value error, ")}
+        for e in shown
+    ]
+    return JSONResponse(
+        {"detail": "; ".join(f"{e['field']}: {e['message']}" for e in found), "errors": found},
+        status_code=422,
+    )
+
+
+def _branch(loc) -> bool | None:
+    """True for an error of the batch branch of the recommend body, False for the single
+    one, None for any other body."""
+    for part in loc:
+        if "RecommendRequest" in str(part):
+            return str(part).startswith("list[")
+    return None
+
+
+def create_app(
+    workspace: Workspace | str | Path,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The service over ``workspace`` (an open one, or a path to open). With ``api_key``,
+    every endpoint but the probes and the page wants it in the ``X-API-Key`` header."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    writes = threading.Lock()
+    metrics = ServiceMetrics()
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+
+    def authorised(key: Annotated[str | None, Depends(key_header)]) -> None:
+        if api_key is None:
+            return
+        if key is None:
+            raise HTTPException(401, f"missing API key: send it in the {API_KEY_HEADER} header")
+        if not hmac.compare_digest(key.encode(), api_key.encode()):
+            raise HTTPException(401, "wrong API key")
+
+    app = FastAPI(
+        title="interest-profiler",
+        version=_version(),
+        description="What shoppers are interested in, from the text they leave behind: "
+        "recommendations with reasons, interest tags with evidence, profiles, feedback "
+        "and forgetting, over one workspace.",
+    )
+    # the probes, metrics and the page answer without the key (the page asks for it);
+    # everything under ``api`` wants it
+    api = APIRouter(dependencies=[Depends(authorised)])
+    app.state.workspace = ws
+    app.state.metrics = metrics
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.observe(request.method, path, status, time.perf_counter() - started)
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return _validation_answer(exc)
+
+    @app.exception_handler(KeyError)
+    async def unknown(request: Request, exc: KeyError):
+        message = exc.args[0] if exc.args else "unknown id"
+        return JSONResponse({"detail": str(message)}, status_code=404)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(TypeError)
+    async def bad_type(request: Request, exc: TypeError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(FileNotFoundError)
+    async def missing(request: Request, exc: FileNotFoundError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(WriteLockedError)
+    async def locked(request: Request, exc: WriteLockedError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); the server log has the details"},
+            status_code=500,
+        )
+
+    # -- probes and the page -----------------------------------------------------------
+
+    @app.get("/livez", tags=["probes"])
+    def livez() -> dict:
+        """The process answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["probes"])
+    def readyz():
+        """The workspace is open and can serve recommendations."""
+        try:
+            scorer = ws.recommender.scorer_.kind
+        except ValueError as exc:
+            return JSONResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
+        return {
+            "status": "ready",
+            "generation": ws.generation,
+            "scorer": scorer,
+            **ws.manifest["counts"],
+        }
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    def prometheus() -> Response:
+        """Requests, latency histogram and errors per route, in Prometheus text format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def recommend_one(request: s.RecommendRequest) -> s.RecommendResponse:
+        results = ws.recommend(
+            request.user_id,
+            history=request.history,
+            k=request.k,
+            categories=request.categories,
+            diversity=request.diversity,
+            explore=_explore(request.explore),
+            seed=request.seed,
+        )
+        return s.RecommendResponse(
+            user_id=request.user_id, history=request.history, items=results.records()
+        )
+
+    @api.post("/recommend", tags=["recommend"])
+    def recommend(
+        body: Annotated[s.RecommendRequest | list[s.RecommendRequest], Body()],
+    ) -> s.RecommendResponse | list[s.RecommendResponse]:
+        """Items for one shopper (an object) or for a batch (an array of up to 100), each
+        a known ``user_id`` or the ``history`` texts of an anonymous shopper."""
+        if isinstance(body, list):
+            if not body or len(body) > MAX_BATCH:
+                raise ValueError(f"a batch holds 1 to {MAX_BATCH} requests, got {len(body)}")
+            return [recommend_one(r) for r in body]
+        return recommend_one(body)
+
+    @api.post("/search", tags=["items"])
+    def search(body: s.SearchRequest) -> s.SearchResponse:
+        """Items most similar to a free-text query."""
+        return s.SearchResponse(query=body.query, items=ws.search(body.query, body.k).records())
+
+    @api.get("/items/{item_id:path}/similar", tags=["items"])
+    def similar(item_id: str, k: Annotated[int, Query(ge=1, le=s.MAX_K)] = 10) -> s.ItemsResponse:
+        """Catalogue items closest to this one."""
+        return s.ItemsResponse(item_id=item_id, items=ws.similar_items(item_id, k).records())
+
+    @api.get("/items/{item_id:path}/audience", tags=["items"])
+    def audience(
+        item_id: str, k: Annotated[int, Query(ge=1, le=s.MAX_K)] = 10
+    ) -> s.AudienceResponse:
+        """Shoppers most likely to want this item (nearest profiles in the user index;
+        stored ids, pseudonyms in a pseudonymous workspace)."""
+        users = [{"user_id": u, "score": v} for u, v in ws.audience(item_id, k)]
+        return s.AudienceResponse(item_id=item_id, users=users)
+
+    @api.get("/users/{user_id:path}/tags", tags=["shoppers"])
+    def user_tags(user_id: str, top: Annotated[int, Query(ge=1, le=50)] = 5) -> s.TagsResponse:
+        """Her interest tags with confidence and the events behind each."""
+        ws.stored_id(user_id)  # an unknown shopper is a 404 before a missing tagger a 409
+        return s.TagsResponse(
+            user_id=user_id, tags=[t.to_dict() for t in ws.tags(user_id, top=top)]
+        )
+
+    @api.post("/tags", tags=["tags"])
+    def text_tags(body: s.TextTagsRequest) -> list[s.TagsResponse]:
+        """Interest tags of free texts: one answer per text, or one for all of them with
+        ``joined`` (the texts of one shopper)."""
+        groups = [body.texts] if body.joined else [[text] for text in body.texts]
+        return [
+            s.TagsResponse(
+                user_id=None,
+                text="\n".join(group),
+                tags=[t.to_dict() for t in ws.tags(texts=group, top=body.top)],
+            )
+            for group in groups
+        ]
+
+    @api.get("/users/{user_id:path}/profile", tags=["shoppers"])
+    def profile(
+        user_id: str, events: Annotated[int, Query(ge=0, le=100)] = 10
+    ) -> s.ProfileResponse:
+        """Her tags with evidence, her interest centres (each by its nearest items) and her
+        recent events."""
+        described = ws.describe(user_id, events=events)
+        tags, note = None, None
+        try:
+            tags = [t.to_dict() for t in ws.tags(user_id)]
+        except FileNotFoundError as exc:
+            note = str(exc)
+        stored = described.pop("user_id")
+        return s.ProfileResponse(
+            user_id=user_id, stored_id=stored, tags=tags, tags_note=note, **described
+        )
+
+    # -- writes ---------------------------------------------------------------------------
+
+    @api.post("/users/{user_id:path}/tags", tags=["shoppers"])
+    def change_tag(user_id: str, body: s.TagRequest) -> s.TagsResponse:
+        """Pin or remove one of her tags; answers her tags after the change."""
+        with writes:
+            (ws.pin_tag if body.action == "pin" else ws.remove_tag)(user_id, body.tag)
+        return s.TagsResponse(user_id=user_id, tags=[t.to_dict() for t in ws.tags(user_id)])
+
+    @api.post("/events", tags=["shoppers"])
+    def events(body: s.EventsRequest) -> s.EventsResponse:
+        """Append events; her profile, the user index and the counts update. Rows the
+        loader rejects go to the workspace's quarantine with the reason."""
+        frame = pd.DataFrame([e.model_dump() for e in body.events])
+        for column in ("device", "channel"):
+            if frame[column].isna().all():
+                frame = frame.drop(columns=column)
+        frame["item_id"] = frame["item_id"].fillna("")
+        frame["text"] = frame["text"].fillna("")
+        with writes:
+            added = ws.add_events(frame)
+        return s.EventsResponse(added=added, rejected=len(frame) - added, generation=ws.generation)
+
+    @api.post("/feedback", tags=["shoppers"])
+    def feedback(body: s.FeedbackRequest) -> s.FeedbackResponse:
+        """Her answer to a shown item: ``liked`` or a graded ``reward`` in [0, 1]; the
+        same ``event_id`` twice counts once."""
+        with writes:
+            counted = ws.feedback(
+                body.user_id,
+                body.item_id,
+                liked=body.liked,
+                reward=body.reward,
+                timestamp=body.timestamp,
+                event_id=body.event_id,
+            )
+        return s.FeedbackResponse(user_id=body.user_id, item_id=body.item_id, counted=counted)
+
+    @api.delete("/users/{user_id:path}", tags=["shoppers"])
+    def forget(user_id: str, retrain: bool = True, keep_models: bool = False) -> s.ForgetResponse:
+        """Delete her everywhere (events, vectors, profile, user index, overrides, explore
+        state, quarantined rows) and say what went."""
+        with writes:
+            report = ws.forget(user_id, retrain=retrain, keep_models=keep_models)
+        return s.ForgetResponse(**report.to_dict())
+
+    app.include_router(api)
+    return app
+
+
+def _explore(value: float | str | None):
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return value
+
+
+def _version() -> str:
+    from profiler import __version__
+
+    return __version__
