@@ -9,6 +9,7 @@ One workspace directory, shared by the CLI, scripts, notebooks and GPU jobs::
     ws.search("waterproof hiking boots", k=10)
     ws.recommend(user="u123", k=10)
     ws.recommend(history=["looking for a trail tent"])
+    ws = profiler.Client("http://127.0.0.1:8000")     # the same calls, over HTTP
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 import os
 
 from profiler.embedding import Embedder
+from profiler.service.client import Client
 from profiler.vectors import ExactIndex, FaissIndex, SearchResult, VectorIndex
 from profiler.workspace import Results, Workspace
 
 __all__ = [
+    "Client",
     "Embedder",
     "ExactIndex",
     "FaissIndex",

@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "or a comma list of email,card,phone,address",
     )
     build.add_argument(
+        "--index",
+        help="where item vectors are served from: faiss (default for a new workspace), "
+        "milvus://HOST:PORT, milvus+https://HOST (MILVUS_TOKEN from the environment) or "
+        "milvus:FILE.db (embedded Milvus Lite); a rebuild keeps the previous choice",
+    )
+    build.add_argument(
         "--no-pseudonymize",
         action="store_true",
         help="store raw user ids (default: keyed pseudonyms; raw ids still work in every command)",
@@ -365,6 +371,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         item_vectors=args.item_vectors,
         pseudonymize=not args.no_pseudonymize,
         scrub=args.scrub,
+        index=args.index,
     )
     print(ws)
     return 0

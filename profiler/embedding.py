@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import platform
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -134,6 +135,8 @@ class EmbeddingCache:
     Each :meth:`put` writes one new, uniquely named ``part-*.npz`` (keys + vectors)
     atomically, so a crash loses at most the batch in flight, and two processes sharing a
     cache never overwrite each other (a text both computed is stored twice, harmlessly).
+    Within a process one lock guards the in-memory copy: a service's queries read it
+    while a write adds to it (a reader once saw a new key before its vector).
     """
 
     def __init__(self, directory: str | os.PathLike[str], model_id: str) -> None:
@@ -143,8 +146,13 @@ class EmbeddingCache:
         self.dim: int | None = None
         self._rows: dict[bytes, int] | None = None
         self._vectors: np.ndarray | None = None
+        self._lock = threading.RLock()
 
     def _load(self) -> dict[bytes, int]:
+        with self._lock:
+            return self._load_locked()
+
+    def _load_locked(self) -> dict[bytes, int]:
         if self._rows is not None:
             return self._rows
         self._rows = {}
@@ -182,6 +190,10 @@ class EmbeddingCache:
         """Delete the vectors of ``keys`` from disk (each part that holds one is
         rewritten without it, atomically, then the old part removed); returns how many
         were removed. Used to forget a shopper's texts."""
+        with self._lock:
+            return self._remove_locked(keys)
+
+    def _remove_locked(self, keys: np.ndarray) -> int:
         wanted = set(np.asarray(keys, dtype=f"S{_KEY_BYTES}").tolist())
         removed = 0
         if not wanted or not self.directory.is_dir():
@@ -203,15 +215,20 @@ class EmbeddingCache:
 
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(found_mask, vectors_of_found)`` for ``keys``."""
-        rows = self._load()
-        hit = np.array([k in rows for k in keys.tolist()], dtype=bool)
-        if self._vectors is None:
-            return hit, np.empty((0, self.dim or 0), dtype=np.float32)
-        return hit, self._vectors[[rows[k] for k, h in zip(keys.tolist(), hit) if h]]
+        with self._lock:
+            rows = self._load_locked()
+            hit = np.array([k in rows for k in keys.tolist()], dtype=bool)
+            if self._vectors is None:
+                return hit, np.empty((0, self.dim or 0), dtype=np.float32)
+            return hit, self._vectors[[rows[k] for k, h in zip(keys.tolist(), hit) if h]]
 
     def put(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Store new ``(keys, vectors)``; keys already present are skipped."""
-        rows = self._load()
+        with self._lock:
+            self._put_locked(keys, vectors)
+
+    def _put_locked(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        rows = self._load_locked()
         new = np.array([k not in rows for k in keys.tolist()], dtype=bool)
         if not new.any():
             return

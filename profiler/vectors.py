@@ -1,4 +1,5 @@
-"""Vector indexes with stable string ids: an exact numpy reference and a FAISS backend.
+"""Vector indexes with stable string ids: an exact numpy reference and a FAISS backend
+(and a Milvus one in :mod:`profiler.milvus`).
 
 Both backends implement :class:`VectorIndex`, so tests run one contract suite against
 each and the exact index is the oracle for the fast one, as in implicit and FAISS.
@@ -40,6 +41,7 @@ __all__ = [
     "faiss_gpus",
     "ivf_lists",
     "load_index",
+    "register_backend",
 ]
 
 logger = logging.getLogger(__name__)
@@ -344,7 +346,7 @@ class VectorIndex(ABC):
                 f"{directory / name}: index was built with model {manifest['model_id']!r}, "
                 f"not {model_id!r}; rebuild it with the same model"
             )
-        backend = _BACKENDS.get(manifest["backend"])
+        backend = _backend(manifest["backend"])
         if backend is None or (cls is not VectorIndex and backend is not cls):
             raise ValueError(f"{directory / name}: unexpected backend {manifest['backend']!r}")
         index = backend._from_manifest(manifest)
@@ -967,6 +969,21 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 _BACKENDS: dict[str, type[VectorIndex]] = {"exact": ExactIndex, "faiss": FaissIndex}
+#: Backends in modules of their own, imported when a saved index names them.
+_OPTIONAL = {"milvus": "profiler.milvus"}
+
+
+def register_backend(backend: type[VectorIndex]) -> None:
+    """Let :func:`load_index` load indexes saved by ``backend`` (by its ``backend`` name)."""
+    _BACKENDS[backend.backend] = backend
+
+
+def _backend(name: str) -> type[VectorIndex] | None:
+    if name not in _BACKENDS and name in _OPTIONAL:
+        import importlib
+
+        importlib.import_module(_OPTIONAL[name])
+    return _BACKENDS.get(name)
 
 
 def load_index(

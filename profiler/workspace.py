@@ -314,7 +314,9 @@ class Workspace:
         """Stage a new generation from the open one (files linked from it: all, less
         ``drop``, or only ``carry``), yield its directory to write into, and publish it
         when the block succeeds. Queries in other threads wait while the block runs
-        (``exclusive``: it changes in-memory state) or only while it is published."""
+        (``exclusive``: it changes in-memory state), or, when the block takes the write
+        lock itself around its changes (``exclusive=False``), only then and for the
+        swap to the published generation."""
         if self.item_index.read_only:
             raise ValueError(
                 f"{self.path}: opened with mmap=True, read-only; open it without mmap to change it"
@@ -331,12 +333,18 @@ class Workspace:
             with self.store.staging(carry, drop=drop) as staged:
                 with self._rw.write() if exclusive else contextlib.nullcontext():
                     yield staged.dir
+                # checksumming and renaming touch only the staged files: queries go on,
+                # and wait only for the swap to the published generation
+                self.manifest["updated"] = _now()
+                published, manifest = self.store.publish(staged, self.manifest)
                 with self._rw.write():
-                    self.manifest["updated"] = _now()
-                    self._publish(staged, self.manifest)
+                    self._hold(published, manifest)
 
     def _publish(self, staged: Generation, manifest: dict) -> None:
-        published, self.manifest = self.store.publish(staged, manifest)
+        self._hold(*self.store.publish(staged, manifest))
+
+    def _hold(self, published: Generation, manifest: dict) -> None:
+        self.manifest = manifest
         lease = self.store.hold(published)
         if self._lease is not None:
             self._lease.release()
@@ -352,6 +360,12 @@ class Workspace:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def stored_id(self, user: str) -> str:
         """The stored id of a shopper given by her raw id (or already by her pseudonym);
@@ -762,6 +776,7 @@ class Workspace:
         dtype: str | None = None,
         pseudonymize: bool = True,
         scrub: str | Sequence[str] | Scrubber | None = "all",
+        index: str | None = None,
     ) -> Workspace:
         """Validate inputs, embed items and event texts, index items, persist everything.
 
@@ -802,6 +817,12 @@ class Workspace:
             Personal data removed from event texts before they are embedded or stored:
             ``"all"`` (default: e-mail, card, phone, address), ``"none"``, or a list of
             those kinds.
+        index : str, optional
+            Where the item vectors are served from: ``faiss`` (in the workspace, the
+            default for a new one), or Milvus (:mod:`profiler.milvus`):
+            ``milvus://host:19530``, ``milvus+https://host`` or ``milvus:file.db`` (Milvus
+            Lite). A rebuild keeps the previous build's choice unless given. The build
+            fits the ranker on a FAISS copy either way.
 
         The result is published as one new generation (:mod:`profiler.store`): a build
         killed midway leaves the previous workspace as it was.
@@ -827,6 +848,11 @@ class Workspace:
             event_frame = events_loaded.frame.sort_values("timestamp", kind="stable")
             event_frame = event_frame.reset_index(drop=True)
             previous = _previous_manifest(store)
+            if index is None:
+                index = (previous or {}).get("index", {}).get("spec", "faiss")
+            from profiler.milvus import parse_spec
+
+            parse_spec(index)  # a bad value fails before any work
             # models trained separately (tags, sentiment) and tag overrides carry over
             with store.staging(
                 carry=["models/tags", "models/sentiment", "overrides.json"]
@@ -857,6 +883,7 @@ class Workspace:
                         dtype=dtype,
                     ),
                     item_vectors=item_vectors,
+                    index_spec=index,
                 )
                 ws._sentiment = sentiment
                 ws._publish(staged, ws.manifest)
@@ -884,9 +911,12 @@ class Workspace:
         *,
         embedder: Embedder,
         item_vectors,
+        index_spec: str = "faiss",
     ) -> Workspace:
         """Embed, index and fit into a staged generation; returns the workspace (its
         manifest complete but for the file table that publishing adds)."""
+        from profiler.milvus import parse_spec
+
         target = staged.dir
         documents = [item_document(row) for row in items.frame.to_dict(orient="records")]
         item_vectors = _item_vectors(embedder, items.frame["item_id"], documents, item_vectors)
@@ -962,7 +992,19 @@ class Workspace:
         items.frame["display_title"] = display_titles(items.frame, event_frame)
         ws._titles = dict(zip(items.frame["item_id"], items.frame["display_title"]))
         _write_parquet(target / "items.parquet", items.frame)
-        index.save(target, "items")
+        manifest["index"] = {"spec": index_spec, "backend": "faiss"}
+        uri = parse_spec(index_spec)
+        if uri is None:
+            index.save(target, "items")
+        else:
+            from profiler.milvus import MilvusIndex, collection_name
+
+            ids = index.ids
+            name = collection_name(f"items_{path.name}", ids, item_vectors)
+            served = MilvusIndex.copy_of(index, uri=uri, collection=name)
+            served.save(target, "items")
+            manifest["index"].update(backend="milvus", uri=uri, collection=name)
+            logger.info("item vectors served from Milvus collection %s at %s", name, uri)
         ws._model.lexical_.save(target / "lexical")
         save_scorer(ws._model.scorer_, target / "models", report)
         write_json(target / "models" / "recommender.json", ws._model.describe())
@@ -1527,8 +1569,9 @@ class Workspace:
         prepared = self._prepare_events(events, stored_ids=_stored_ids)
         if prepared is None:
             return 0
-        with self._writing() as staged:
-            self._append(*prepared)
+        with self._writing(exclusive=False) as staged:
+            with self._rw.write():  # queries wait only while the new state goes in
+                self._append(*prepared)
             self._save_state(staged)
         return len(prepared[0])
 
@@ -1643,13 +1686,14 @@ class Workspace:
         if prepared is None:
             raise ValueError(f"feedback on {item_id!r} was rejected; see {self.path}/quarantine")
         arm = int(self.explore_arms().of_item[position[item_id]])
-        with self._writing() as staged:
-            alpha, beta, _ = self._explore_prior(stored)  # before this answer counts
-            self._append(*prepared)
-            context = with_prior_mean(context_features(float(when)), alpha, beta, arm)
-            state.update(stored, arm, float(reward), context)
-            if key is not None:
-                state.seen.add(key)
+        with self._writing(exclusive=False) as staged:
+            with self._rw.write():  # queries wait only while the new state goes in
+                alpha, beta, _ = self._explore_prior(stored)  # before this answer counts
+                self._append(*prepared)
+                context = with_prior_mean(context_features(float(when)), alpha, beta, arm)
+                state.update(stored, arm, float(reward), context)
+                if key is not None:
+                    state.seen.add(key)
             self._save_state(staged)
             state.save(staged)
         return True
@@ -1895,6 +1939,9 @@ class Workspace:
         _write_parquet(target / "events.parquet", self.events)
         save_npy(target / "event_vectors.npy", self.event_vectors)
         state = self.recommender.state_
+        if getattr(state.user_index, "needs_optimize", False):
+            with self._rw.write():  # a new structure for the index queries are searching
+                state.user_index.optimize()
         state.profiles.save(target, self.profile_config)
         state.user_index.save(target, "users")
         state.interactions.save(target)

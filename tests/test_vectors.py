@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,13 @@ BACKENDS = {
     "faiss": FaissIndex,
     "faiss-ivf": functools.partial(FaissIndex, ann_threshold=8),
 }
+try:  # the Milvus backend against embedded Milvus Lite: one file, a collection per index
+    from profiler.milvus import MilvusIndex
+
+    MILVUS_LITE = Path(tempfile.mkdtemp(prefix="profiler-milvus-")) / "contract.db"
+    BACKENDS["milvus-lite"] = functools.partial(MilvusIndex, uri=str(MILVUS_LITE))
+except ImportError:  # pymilvus not installed: `pip install -e ".[dev]"` brings it
+    pass
 #: ``get`` tolerance: the IVF structure of ``"auto"`` stores float16 (relative error 2**-11).
 GET_ATOL = 1e-3
 
@@ -418,3 +427,43 @@ def test_gpu_search_matches_cpu(clustered_data, ivf_index):
     finally:
         ivf_index.gpu = False
     assert recall_at_k(gpu.ids, cpu.ids) >= 0.99
+
+
+@pytest.mark.skipif("milvus-lite" not in BACKENDS, reason="pymilvus is not installed")
+def test_milvus_matches_exact_reference_and_drops_labels_it_does_not_map(tmp_path):
+    exact, _ = filled(ExactIndex, n=300, seed=1)
+    remote, _ = filled(BACKENDS["milvus-lite"], n=300, seed=1)
+    for index in (exact, remote):
+        index.remove([f"item-{i}" for i in range(0, 300, 7)])
+        index.update(["item-1"], unit_vectors(1, DIM, seed=99))
+    queries = unit_vectors(20, DIM, seed=2)
+    a = exact.search(queries, k=15, exclude={"item-3"})
+    b = remote.search(queries, k=15, exclude={"item-3"})
+    assert (a.ids == b.ids).all()
+    assert np.allclose(a.scores, b.scores, atol=1e-5)
+
+    # a writer elsewhere adds a vector under a label this index's id map does not hold:
+    # it never shows up as a hit, and the results stay full
+    remote.save(tmp_path, "items")
+    reader = load_index(tmp_path, "items")
+    remote.add(["intruder"], queries[:1])
+    hits = reader.search(queries[:1], k=5)
+    assert "intruder" not in hits.ids[0] and None not in hits.ids[0]
+    with pytest.raises(ValueError, match="another writer changed it"):
+        load_index(tmp_path, "items")
+    remote.drop()
+    with pytest.raises(ValueError, match="is gone"):
+        load_index(tmp_path, "items")
+
+
+def test_index_specs_parse_to_milvus_uris():
+    from profiler.milvus import parse_spec
+
+    assert parse_spec("faiss") is None
+    assert parse_spec("milvus://db.internal:19530") == "http://db.internal:19530"
+    assert parse_spec("milvus+https://cloud.example") == "https://cloud.example"
+    assert parse_spec("milvus:///srv/items.db") == "/srv/items.db"
+    assert parse_spec("milvus:items.db").endswith("/items.db")
+    for bad in ("annoy", "milvus:items", "http://x"):
+        with pytest.raises(ValueError, match="--index"):
+            parse_spec(bad)
