@@ -3,25 +3,30 @@ concurrent clients while events are being written, against the same calls in-pro
 
 Steps, in one run:
 
-1. The workspace is copied to a temporary folder (the run writes events into it).
-2. In-process: the copy opened in this process, and each call (recommend for a known
-   shopper, recommend for a one-text shopper, search) timed one at a time on the same
-   inputs the clients send: the p50/p99 the service is held against.
-3. ``profiler serve`` in its own process; ``--clients`` threads, each with its own HTTP
-   connection, send requests back to back (no think time unless ``--think-ms``): a mix of
-   known-shopper recommends, one-text recommends and searches, for ``--seconds``. One
-   more client posts a new shopper's event every ``1 / --writes-per-second`` seconds
-   meanwhile (each write publishes a new workspace generation).
-4. Per call: requests, errors (any status but 200, or a failed connection), throughput,
-   p50/p99 over HTTP, the in-process p50/p99 and the ratio of the p99s; the server's own
+1. The workspace is copied twice to a temporary folder (the run writes into them).
+2. In-process, on one copy: the calls the clients send (a mix of recommend for a known
+   shopper, recommend for a one-text shopper, and search), one at a time, timed twice:
+   back to back (``idle``), and paced like one client (the same mean pause per call,
+   ``local``; a CPU left idle between calls is slower on the next one: search took 4.9 ms
+   back to back and 19.5 ms with 0.5 s pauses, in-process, on the machine of the note).
+3. ``profiler serve`` on the other copy, in its own process; ``--clients`` threads, each
+   with its own HTTP connection, send requests for ``--seconds``, with a pause drawn
+   uniformly from 0 to twice each ``--think-ms`` value (0: back to back, the server
+   saturated). One more client posts a new shopper's event every
+   ``1 / --writes-per-second`` seconds meanwhile (each write publishes a new generation).
+4. Per call and pause: requests, errors (any status but 200, or a failed connection),
+   throughput, p50/p99 over HTTP, and the ratio of the HTTP p99 to the in-process p99
+   paced the same way (``ratio``) and back to back (``idle ratio``); the server's own
    ``/metrics`` request count as a cross-check.
 
-Clients and server share this machine's cores, as they would on a 2-core box.
+Clients and server share this machine's cores, as they would on a 2-core box: with no
+pause, 8 clients on 2 cores queue by construction (Little's law: p50 >= 8 x the CPU time
+of a call / the cores), so the ratio there measures the queue, not the service.
 
 Run from the repository root, after ``make demo`` (which builds ``index/demo``)::
 
     .venv/bin/python benchmarks/service.py
-    .venv/bin/python benchmarks/service.py --clients 8 --seconds 60 --writes-per-second 1
+    .venv/bin/python benchmarks/service.py --clients 8 --seconds 60 --think-ms 0,250
 
 Prints a table and writes JSON (default ``benchmarks/results/service.json``).
 """
@@ -69,7 +74,12 @@ def request_for(call: str, rng: random.Random, users: list[str]) -> tuple[str, d
     return "/search", {"query": rng.choice(QUERIES), "k": 10}
 
 
-def in_process(path: Path, users: list[str], n: int, seed: int) -> dict[str, list[float]]:
+def in_process(
+    path: Path, users: list[str], n: int, seed: int, think: float, writes_per_second: float
+) -> dict[str, list[float]]:
+    """``n`` calls in this process, one at a time, drawn from the same mix and paced like a
+    client (``think``), while a thread adds one event every ``1 / writes_per_second`` s:
+    the service's conditions without HTTP and without concurrent callers."""
     from profiler.workspace import Workspace
 
     ws = Workspace.open(path, show_progress_bar=False)
@@ -79,16 +89,39 @@ def in_process(path: Path, users: list[str], n: int, seed: int) -> dict[str, lis
         "recommend (one text)": lambda: ws.recommend(history=[rng.choice(QUERIES)], k=10),
         "search": lambda: ws.search(rng.choice(QUERIES), k=10),
     }
-    times: dict[str, list[float]] = {}
-    for name, call in calls.items():
+    for call in calls.values():
         for _ in range(5):
             call()  # warm: model, caches
-        times[name] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        import pandas as pd
+
+        written = 0
+        while not stop.wait(1.0 / writes_per_second):
+            event = {"user_id": f"local-{think:g}-{written}", "timestamp": 1.7e9 + written}
+            event.update(kind="search", text=QUERIES[written % len(QUERIES)])
+            ws.add_events(pd.DataFrame([event]))
+            written += 1
+
+    thread = threading.Thread(target=writer) if writes_per_second > 0 else None
+    if thread is not None:
+        thread.start()
+    names, weights = zip(*MIX)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    try:
         for _ in range(n):
+            name = rng.choices(names, weights)[0]
             started = time.perf_counter()
-            call()
+            calls[name]()
             times[name].append((time.perf_counter() - started) * 1000)
-    ws.close()
+            if think:
+                time.sleep(rng.uniform(0, 2 * think) / 1000)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+        ws.close()
     return times
 
 
@@ -175,17 +208,22 @@ def drive(url: str, users: list[str], args, think: float) -> tuple[dict, list[st
 
 def format_table(rows: list[dict]) -> str:
     header = (
-        f"{'think':>5} {'call':<22} {'n':>6} {'errors':>6} {'req/s':>7} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'in-proc p50':>11} {'in-proc p99':>11} {'p99 ratio':>9}"
+        f"{'think':>5} {'call':<22} {'n':>5} {'errors':>6} {'req/s':>6} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'local p50':>9} {'local p99':>9} {'ratio':>6} {'idle p99':>8} "
+        f"{'ratio':>6}"
     )
     lines = [header, "-" * len(header)]
+
+    def ratio(value) -> str:
+        return "" if value is None else f"{value:.2f}x"
+
     for row in rows:
-        ratio = row["p99_ratio"]
         lines.append(
-            f"{row['think_ms']:>5.0f} {row['call']:<22} {row['requests']:>6} {row['errors']:>6} "
-            f"{row['per_second']:>7.1f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
-            f"{row['in_process_p50_ms']:>11.1f} {row['in_process_p99_ms']:>11.1f} "
-            f"{'' if ratio is None else f'{ratio:.2f}x':>9}"
+            f"{row['think_ms']:>5.0f} {row['call']:<22} {row['requests']:>5} {row['errors']:>6} "
+            f"{row['per_second']:>6.1f} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
+            f"{row['in_process_p50_ms']:>9.1f} {row['in_process_p99_ms']:>9.1f} "
+            f"{ratio(row['p99_ratio']):>6} {row['idle_p99_ms']:>8.1f} "
+            f"{ratio(row['p99_ratio_vs_idle']):>6}"
         )
     return "\n".join(lines)
 
@@ -198,26 +236,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes-per-second", type=float, default=1.0)
     parser.add_argument(
         "--think-ms",
-        default="0,100,250,500",
+        default="0,100,250",
         help="mean pause of each client between requests, ms; a comma list runs each "
         "in turn against the same server (0: back to back, the server saturated)",
     )
-    parser.add_argument("--in-process", type=int, default=300, help="timed calls per kind")
+    parser.add_argument(
+        "--in-process", type=int, default=400, help="timed in-process calls per condition"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not (args.workspace / "CURRENT").is_file():
         raise SystemExit(f"{args.workspace}: no workspace; run `make demo` first")
 
+    thinks = [float(v) for v in str(args.think_ms).split(",") if v.strip()]
     with tempfile.TemporaryDirectory(prefix="profiler-service-bench-") as scratch:
-        path = Path(scratch) / "ws"
+        path, local_path = Path(scratch) / "ws", Path(scratch) / "local"
         shutil.copytree(args.workspace, path, symlinks=True)
+        shutil.copytree(args.workspace, local_path, symlinks=True)
         from profiler.workspace import Workspace
 
         with Workspace.open(path, show_progress_bar=False) as ws:
             users = random.Random(args.seed).sample(ws.users, min(500, len(ws.users)))
-        print(f"in-process: {args.in_process} calls of each kind, one at a time")
-        local = in_process(path, users, args.in_process, args.seed)
+        print(f"in-process, idle: {args.in_process} calls back to back, no writes")
+        idle = in_process(local_path, users, args.in_process, args.seed, 0.0, 0.0)
+        local = {}
+        for think in thinks:
+            print(f"in-process, think {think:g} ms, no writes")
+            local[think] = in_process(local_path, users, args.in_process, args.seed, think, 0.0)
         port = free_port()
         server = start_server(path, port)
         url = f"http://127.0.0.1:{port}"
@@ -229,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                         http.post(path_, json=body)
                 before = metric_total(http)
             runs = []
-            for think in [float(v) for v in str(args.think_ms).split(",") if v.strip()]:
+            for think in thinks:
                 print(
                     f"{args.clients} clients for {args.seconds:.0f} s, "
                     f"{args.writes_per_second:g} writes/s, think {think:g} ms"
@@ -244,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, failures = [], []
     for think, samples, failed in runs:
-        rows += summarise(samples, local, think, args.seconds)
+        rows += summarise(samples, local[think], idle, think, args.seconds)
         failures += failed
     sent = sum(r["requests"] for r in rows)
     print(format_table(rows))
@@ -271,12 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarise(samples: dict, local: dict, think: float, seconds: float) -> list[dict]:
+def summarise(samples: dict, local: dict, idle: dict, think: float, seconds: float) -> list[dict]:
     rows = []
     for call, measured in samples.items():
         times = [t for t, _ in measured]
-        baseline = local.get(call)
         p99 = percentile(times, 99)
+        same, alone = local.get(call), idle.get(call)
         rows.append(
             {
                 "think_ms": think,
@@ -286,9 +332,11 @@ def summarise(samples: dict, local: dict, think: float, seconds: float) -> list[
                 "per_second": len(measured) / seconds,
                 "p50_ms": percentile(times, 50),
                 "p99_ms": p99,
-                "in_process_p50_ms": percentile(baseline, 50) if baseline else float("nan"),
-                "in_process_p99_ms": percentile(baseline, 99) if baseline else float("nan"),
-                "p99_ratio": p99 / percentile(baseline, 99) if baseline else None,
+                "in_process_p50_ms": percentile(same, 50) if same else float("nan"),
+                "in_process_p99_ms": percentile(same, 99) if same else float("nan"),
+                "p99_ratio": p99 / percentile(same, 99) if same else None,
+                "idle_p99_ms": percentile(alone, 99) if alone else float("nan"),
+                "p99_ratio_vs_idle": p99 / percentile(alone, 99) if alone else None,
             }
         )
     return rows

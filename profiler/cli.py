@@ -608,8 +608,9 @@ def _read_api_key(path: Path) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from profiler.service.app import create_app
+    from profiler.service.app import create_app, one_thread_per_request
 
+    one_thread_per_request()
     api_key = _read_api_key(args.api_key_file) if args.api_key_file else None
     ws = Workspace.open(args.workspace, show_progress_bar=False)
     app = create_app(ws, api_key=api_key, max_body_bytes=int(args.max_body_mb * 1024 * 1024))

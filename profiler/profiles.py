@@ -544,12 +544,44 @@ class ProfileStore(MutableMapping):
         return out
 
     def merged(self) -> ProfileStore:
-        """One array set holding the stored and the changed profiles."""
+        """One array set holding the stored and the changed profiles: the stored arrays
+        copied and patched (a Python step per changed profile only, so an update of a few
+        shoppers does not touch every profile)."""
         if not self._changed:
             return self
-        users = list(self)
-        profiles = [self[u] for u in users]
-        return ProfileStore(users, **_arrays_of(profiles, self.dim))
+        a = self._arrays
+        n_old = len(self._users)
+        added = [u for u in self._changed if u not in self.row_]
+        users = self._users + added
+        changed = np.array([self.row_.get(u, -1) for u in self._changed], dtype=np.int64)
+        changed[changed < 0] = n_old + np.arange(len(added))
+        profiles = list(self._changed.values())
+        fresh = _arrays_of(profiles, self.dim)  # the changed ones, in their order
+        out = {}
+        for name in ("n_events", "last_timestamp", "pos_sum", "pos_mass", "neg_sum", "neg_mass"):
+            base = np.asarray(a[name])
+            grown = np.concatenate([base, np.zeros((len(added), *base.shape[1:]), base.dtype)])
+            grown[changed] = fresh[name]
+            out[name] = grown
+        old_offsets = np.asarray(a["centre_offsets"])
+        counts = np.concatenate([np.diff(old_offsets), np.zeros(len(added), np.int64)])
+        counts[changed] = np.diff(fresh["centre_offsets"])
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        kept = np.ones(n_old, dtype=bool)
+        kept[changed[changed < n_old]] = False
+        owner = np.repeat(np.arange(n_old), np.diff(old_offsets))  # old centre row -> user
+        rows = np.flatnonzero(kept[owner])
+        target = offsets[owner[rows]] + (rows - old_offsets[owner[rows]])
+        for name in ("centres", "centre_weights"):
+            old = np.asarray(a[name])
+            merged = np.zeros((int(offsets[-1]), *old.shape[1:]), old.dtype)
+            merged[target] = old[rows]
+            for position, row in enumerate(changed.tolist()):
+                lo, hi = fresh["centre_offsets"][position], fresh["centre_offsets"][position + 1]
+                merged[offsets[row] : offsets[row + 1]] = fresh[name][lo:hi]
+            out[name] = merged
+        out["centre_offsets"] = offsets
+        return ProfileStore(users, **out)
 
     def save(self, directory: str | os.PathLike[str], config: ProfileConfig) -> None:
         """Write ``profiles.parquet`` (one row per user), ``profiles.<array>.npy`` and

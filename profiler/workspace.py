@@ -743,13 +743,17 @@ class Workspace:
             self._text_row_map = dict(zip(self.events["text"], self.events["text_row"]))
         return self._text_row_map
 
-    def _set_events(self, events: pd.DataFrame, event_vectors: np.ndarray) -> None:
+    def _set_events(
+        self, events: pd.DataFrame, event_vectors: np.ndarray, user_rows: dict | None = None
+    ) -> None:
         # workspaces built before sentiment have no flag: none of their ratings is predicted
         flag = events.get("rating_predicted", False)
         events["rating_predicted"] = pd.Series(flag, index=events.index).fillna(False).astype(bool)
         self.events = events
         self.event_vectors = event_vectors
-        self._user_rows = events.groupby("user_id", sort=False).indices
+        self._user_rows = (
+            events.groupby("user_id", sort=False).indices if user_rows is None else user_rows
+        )
         self._text_row_map: dict[str, int] | None = None  # built by the first update
         self._explore_events = None
         self._corpus: Corpus | None = None
@@ -1620,8 +1624,14 @@ class Workspace:
                 updated[user] = builder.update(profiles[user], user_new, history=history)
             else:
                 updated[user] = builder.build(user, user_new)
+        user_rows = dict(old_rows)  # the new rows appended: no regrouping of all events
+        start = len(self.events)
+        for user, rows_new in new.groupby("user_id", sort=False).indices.items():
+            rows_new = rows_new + start
+            known = user_rows.get(user)
+            user_rows[user] = rows_new if known is None else np.concatenate([known, rows_new])
         # every new piece computed: now change what queries read, all at once
-        self._set_events(events, vectors)
+        self._set_events(events, vectors, user_rows)
         self._text_row_map = rows
         for profile in updated.values():
             profiles[profile.user_id] = profile

@@ -336,3 +336,36 @@ def test_real_probe_on_bundled_model(embedder):
     fast = probe.speedup >= embedding.BF16_MIN_SPEEDUP
     assert (probe.dtype == "bfloat16") == (fast and probe.cosine >= embedding.BF16_MIN_COSINE)
     assert next(model.parameters()).dtype == torch.float32, "the probe must not cast its input"
+
+
+def test_cache_reads_during_puts_always_see_a_key_with_its_vector(tmp_path):
+    """A service reads the cache while a write adds to it: every hit comes with its vector
+    (a reader once saw a new key before its vector and failed with an IndexError)."""
+    import threading
+
+    cache = EmbeddingCache(tmp_path, "m")
+    cache.put(text_keys(["seed"]), np.ones((1, 4), np.float32))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            keys = text_keys([f"t{i}" for i in range(0, 200, 7)] + ["seed"])
+            try:
+                hit, vectors = cache.get(keys)
+                assert len(vectors) == int(hit.sum())
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    for i in range(200):
+        cache.put(text_keys([f"t{i}"]), np.full((1, 4), i, np.float32))
+    done.set()
+    for thread in readers:
+        thread.join()
+    assert errors == []
+    hit, vectors = cache.get(text_keys(["t7", "t14"]))
+    assert hit.all() and vectors[:, 0].tolist() == [7.0, 14.0]

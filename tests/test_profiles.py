@@ -362,3 +362,41 @@ class TestBuildMany:
         again, _ = load_profiles(tmp_path)
         assert list(again) == ["a", "b", "c"]
         assert_same_profile(again["b"], profiles["b"])
+
+
+def test_merged_store_patches_arrays_like_a_store_built_from_every_profile():
+    """``merged`` copies the arrays and patches the changed and added profiles: the same
+    arrays as building the store again from every profile object."""
+    from profiler.profiles import ProfileStore, UserProfile, _arrays_of
+
+    rng = np.random.default_rng(0)
+    dim = 6
+
+    def profile(user: str, n_centres: int) -> UserProfile:
+        return UserProfile(
+            user,
+            int(rng.integers(1, 9)),
+            float(rng.random()),
+            rng.standard_normal(dim),
+            float(rng.random()),
+            rng.standard_normal(dim),
+            float(rng.random()),
+            rng.standard_normal((n_centres, dim)).astype(np.float32),
+            rng.random(n_centres),
+        )
+
+    users = [f"u{i}" for i in range(12)]
+    stored = ProfileStore(
+        users, **_arrays_of([profile(u, i % 4) for i, u in enumerate(users)], dim)
+    )
+    stored["u3"] = profile("u3", 3)  # more centres than before
+    stored["u7"] = profile("u7", 0)  # fewer
+    stored["new-a"] = profile("new-a", 2)
+    stored["new-b"] = profile("new-b", 0)
+    merged = stored.merged()
+    expected = ProfileStore(list(stored), **_arrays_of([stored[u] for u in stored], dim))
+    assert merged._users == expected._users
+    for name, values in expected._arrays.items():
+        assert np.allclose(merged._arrays[name], values), name
+    assert np.allclose(merged["u3"].centres, stored["u3"].centres)
+    assert np.allclose(merged["u4"].pos_sum, stored["u4"].pos_sum)
