@@ -89,9 +89,11 @@ def in_process(
         "recommend (one text)": lambda: ws.recommend(history=[rng.choice(QUERIES)], k=10),
         "search": lambda: ws.search(rng.choice(QUERIES), k=10),
     }
-    for call in calls.values():
-        for _ in range(5):
-            call()  # warm: model, caches
+    for query in QUERIES:  # warm: every query's shapes (new input shapes compile kernels)
+        ws.search(query, k=10)
+        ws.recommend(history=[query], k=10)
+    for user in users[:20]:
+        ws.recommend(user, k=10)
     stop = threading.Event()
 
     def writer() -> None:
@@ -269,10 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}"
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
-                for name, _ in MIX:  # warm the server's caches the same way
-                    for _ in range(5):
-                        path_, body = request_for(name, random.Random(1), users)
-                        http.post(path_, json=body)
+                for query in QUERIES:  # warm the server the same way
+                    http.post("/search", json={"query": query, "k": 10})
+                    http.post("/recommend", json={"history": [query], "k": 10})
+                for user in users[:20]:
+                    http.post("/recommend", json={"user_id": user, "k": 10})
                 before = metric_total(http)
             runs = []
             for think in thinks:
