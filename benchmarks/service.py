@@ -133,8 +133,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(path: Path, port: int) -> subprocess.Popen:
+def start_server(path: Path, port: int, threads: int | None) -> subprocess.Popen:
     command = [sys.executable, "-m", "profiler.cli", "serve", "--workspace", str(path)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     server = subprocess.Popen([*command, "--port", str(port), "-q"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "--in-process", type=int, default=400, help="timed in-process calls per condition"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-threads", type=int, help="profiler serve --threads")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not (args.workspace / "CURRENT").is_file():
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"in-process, think {think:g} ms, no writes")
             local[think] = in_process(local_path, users, args.in_process, args.seed, think, 0.0)
         port = free_port()
-        server = start_server(path, port)
+        server = start_server(path, port, args.server_threads)
         url = f"http://127.0.0.1:{port}"
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
@@ -312,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             "mix": dict(MIX),
             "in_process_calls": args.in_process,
             "seed": args.seed,
+            "server_threads": args.server_threads,
         },
         rows,
         server_counted=counted,

@@ -306,6 +306,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-body-mb", type=float, default=8.0, help="largest request body (413 above)"
     )
+    serve.add_argument(
+        "--threads", type=int, help="requests computed at once; the rest queue (default 40)"
+    )
     _add_common(serve)
     return parser
 
@@ -613,7 +616,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     one_thread_per_request()
     api_key = _read_api_key(args.api_key_file) if args.api_key_file else None
     ws = Workspace.open(args.workspace, show_progress_bar=False)
-    app = create_app(ws, api_key=api_key, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    app = create_app(
+        ws,
+        api_key=api_key,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        threads=args.threads,
+    )
     where = f"http://{args.host}:{args.port}"
     print(f"serving {ws} at {where}: explorer page {where}/, API docs {where}/docs", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")

@@ -184,7 +184,9 @@ class Store:
         return pointer
 
     def current(self) -> Generation | None:
-        pointer = self.pointer()
+        return self._current(self.pointer())
+
+    def _current(self, pointer: dict | None) -> Generation | None:
         if pointer is None:
             return None
         gen = pointer["generation"]
@@ -363,7 +365,11 @@ class Store:
             A file, the manifest or ``CURRENT`` does not match (message names the file).
         """
         for _ in range(attempts):
-            current = self.current()
+            # one read of CURRENT names the generation and its manifest's checksum: read
+            # again later, it may already name a newer one (a reader once took that
+            # newer checksum for its own generation's and called the workspace corrupt)
+            pointer = self.pointer()
+            current = self._current(pointer)
             if current is None:
                 raise FileNotFoundError(
                     f"{self.root}: no workspace here (no {CURRENT}); create one with "
@@ -387,17 +393,16 @@ class Store:
                 continue
             lease = Lease(current, handle)
             try:
-                manifest = self._check(current, verify=verify)
+                manifest = self._check(current, pointer, verify=verify)
             except BaseException:
                 lease.release()
                 raise
             return lease, manifest
         raise RuntimeError(f"{self.root}: the workspace kept changing while opening it; retry")
 
-    def _check(self, generation: Generation, *, verify: bool) -> dict:
+    def _check(self, generation: Generation, pointer: dict, *, verify: bool) -> dict:
         path = generation.dir / MANIFEST
         raw = path.read_bytes()
-        pointer = self.pointer() or {}
         expected = pointer.get("manifest_blake2b")
         if expected and hashlib.blake2b(raw, digest_size=20).hexdigest() != expected:
             raise CorruptWorkspaceError(

@@ -12,6 +12,7 @@ limit a 413, a missing or wrong API key a 401, a workspace without a tag model a
 Anything else is a 500 whose body says only that the server log has the details.
 """
 
+import contextlib
 import hmac
 import logging
 import threading
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
+from profiler.privacy import ForgetReport
 from profiler.service import schemas as s
 from profiler.service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from profiler.store import WriteLockedError
@@ -39,6 +41,8 @@ API_KEY_HEADER = "X-API-Key"
 #: Largest request body accepted (bytes): 10,000 events of a few hundred characters.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_BATCH = 100
+#: The status of each error the workspace raises about a request (a KeyError: 404).
+_STATUS = {ValueError: 422, TypeError: 422, FileNotFoundError: 409, WriteLockedError: 409}
 STATIC = Path(__file__).with_name("static")
 
 
@@ -147,9 +151,12 @@ def create_app(
     *,
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    threads: int | None = None,
 ) -> FastAPI:
     """The service over ``workspace`` (an open one, or a path to open). With ``api_key``,
-    every endpoint but the probes and the page wants it in the ``X-API-Key`` header."""
+    every endpoint but the probes and the page wants it in the ``X-API-Key`` header.
+    ``threads`` caps the requests computed at once (the rest wait their turn; default:
+    anyio's 40)."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
     writes = threading.Lock()
     metrics = ServiceMetrics()
@@ -163,7 +170,16 @@ def create_app(
         if not hmac.compare_digest(key.encode(), api_key.encode()):
             raise HTTPException(401, "wrong API key")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if threads is not None:
+            import anyio.to_thread
+
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="interest-profiler",
         version=_version(),
         description="What shoppers are interested in, from the text they leave behind: "
@@ -201,21 +217,12 @@ def create_app(
         message = exc.args[0] if exc.args else "unknown id"
         return JSONResponse({"detail": str(message)}, status_code=404)
 
-    @app.exception_handler(ValueError)
-    async def bad_value(request: Request, exc: ValueError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def answer(request: Request, exc: Exception):
+        status = next(_STATUS[k] for k in type(exc).__mro__ if k in _STATUS)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
-    @app.exception_handler(TypeError)
-    async def bad_type(request: Request, exc: TypeError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(FileNotFoundError)
-    async def missing(request: Request, exc: FileNotFoundError):
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(WriteLockedError)
-    async def locked(request: Request, exc: WriteLockedError):
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+    for kind in _STATUS:
+        app.add_exception_handler(kind, answer)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):
@@ -382,12 +389,11 @@ def create_app(
         return s.FeedbackResponse(user_id=body.user_id, item_id=body.item_id, counted=counted)
 
     @api.delete("/users/{user_id:path}", tags=["shoppers"])
-    def forget(user_id: str, retrain: bool = True, keep_models: bool = False) -> s.ForgetResponse:
+    def forget(user_id: str, retrain: bool = True, keep_models: bool = False) -> ForgetReport:
         """Delete her everywhere (events, vectors, profile, user index, overrides, explore
         state, quarantined rows) and say what went."""
         with writes:
-            report = ws.forget(user_id, retrain=retrain, keep_models=keep_models)
-        return s.ForgetResponse(**report.to_dict())
+            return ws.forget(user_id, retrain=retrain, keep_models=keep_models)
 
     app.include_router(api)
     return app

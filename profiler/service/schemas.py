@@ -20,7 +20,6 @@ __all__ = [
     "EventsResponse",
     "FeedbackRequest",
     "FeedbackResponse",
-    "ForgetResponse",
     "Item",
     "ItemsResponse",
     "ProfileResponse",
@@ -217,19 +216,3 @@ class FeedbackResponse(BaseModel):
     user_id: str
     item_id: str
     counted: bool = Field(description="false when the same event_id was counted before")
-
-
-class ForgetResponse(BaseModel):
-    user: str
-    events: int
-    texts: int
-    profile: bool
-    user_index: bool
-    overrides: bool
-    explore_state: bool
-    cache_entries: int
-    quarantine_rows: int
-    ranker: str
-    models_removed: list[str]
-    generation: str
-    old_generations_held: list[str]
