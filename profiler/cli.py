@@ -544,11 +544,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace, device=args.device, show_progress_bar=False, mmap=True)
     options = {"k": args.k, "categories": args.category, "diversity": args.diversity}
     if args.explore is not None:
-        try:
-            explore = float(args.explore)
-        except ValueError:
-            explore = args.explore
-        options.update(explore=explore, seed=args.seed)
+        options.update(explore=args.explore, seed=args.seed)
     if args.history is not None:
         results = ws.recommend(history=args.history, **options)
         _emit(args, "user_id", None, "anonymous shopper", results)

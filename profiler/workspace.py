@@ -629,10 +629,11 @@ class Workspace:
 
         if (user is None) == (texts is None):
             raise ValueError("pass exactly one of user= or texts=")
+        if user is not None:
+            user = self.stored_id(user)  # an unknown shopper first, then a missing model
         model = self.tag_model
         names = model.taxonomy.names
         if user is not None:
-            user = self.stored_id(user)
             events = self.user_events(user)
             builder = ProfileBuilder(self.profile_config)
             evidence = event_evidence(builder, events, self.item_index, self.event_vectors)
@@ -1298,7 +1299,8 @@ class Workspace:
             0 (default) ranks by score; up to 1 re-ranks by maximal marginal relevance.
         explore : float or str or dict or ExploreConfig, optional
             Mix explore items into the slate (:mod:`profiler.explore`): a strength in
-            [0, 1] for the workspace's policy (``True``: its default strength), a config
+            [0, 1] for the workspace's policy (a number or its text, ``"0.3"``; ``True``:
+            its default strength), a config
             (``"policy=ucb,strength=0.2"``, a dict or a JSON file). Each item's reasons
             then carry its ``source`` (``exploit`` or ``explore:<arm>``) and
             ``propensity``, the probability the policy shows it in that slot. ``None`` or
@@ -1397,7 +1399,8 @@ class Workspace:
             config = self.explore_config()
         elif isinstance(explore, ExploreConfig):
             config = explore
-        elif isinstance(explore, (int, float)):
+        elif isinstance(explore, (int, float)) or _is_number(explore):
+            # a strength, also as text (the command line's and the service's "0.3")
             config = replace(self.explore_config(), strength=float(explore))
         else:
             config = ExploreConfig.parse(explore)
@@ -1511,10 +1514,10 @@ class Workspace:
         """The ``k`` shoppers most likely to want ``item_id``: the user index's nearest
         profiles to the item's vector (stored ids: pseudonyms in a pseudonymous
         workspace)."""
+        vector = self._item_vector(item_id)  # an unknown item is a KeyError either way
         if self.user_index is None or not len(self.user_index):
-            self._item_vector(item_id)
             return []
-        hits = self.user_index.search(self._item_vector(item_id), k)
+        hits = self.user_index.search(vector, k)
         return [(u, float(s)) for u, s in zip(hits.ids[0], hits.scores[0]) if u is not None]
 
     @_reads
@@ -1614,9 +1617,10 @@ class Workspace:
         builder = model.builder_
         profiles = model.state_.profiles
         new_evidence = event_evidence(builder, new, self.item_index, vectors)
+        new_rows = new.groupby("user_id", sort=False).indices
         updated = {}
-        for user, user_rows in new.groupby("user_id", sort=False).indices.items():
-            user_new = type(new_evidence)(*(a[user_rows] for a in new_evidence))
+        for user, rows_new in new_rows.items():
+            user_new = type(new_evidence)(*(a[rows_new] for a in new_evidence))
             if user in profiles and user in old_rows:
                 history = event_evidence(
                     builder, events.iloc[old_rows[user]], self.item_index, vectors
@@ -1626,10 +1630,10 @@ class Workspace:
                 updated[user] = builder.build(user, user_new)
         user_rows = dict(old_rows)  # the new rows appended: no regrouping of all events
         start = len(self.events)
-        for user, rows_new in new.groupby("user_id", sort=False).indices.items():
-            rows_new = rows_new + start
+        for user, rows_new in new_rows.items():
             known = user_rows.get(user)
-            user_rows[user] = rows_new if known is None else np.concatenate([known, rows_new])
+            appended = rows_new + start
+            user_rows[user] = appended if known is None else np.concatenate([known, appended])
         # every new piece computed: now change what queries read, all at once
         self._set_events(events, vectors, user_rows)
         self._text_row_map = rows
@@ -1991,6 +1995,17 @@ def predict_ratings(events: pd.DataFrame, sentiment) -> int:
         events.loc[todo, "rating_predicted"] = True
         logger.info("predicted the ratings of %d reviews without one", int(todo.sum()))
     return int(todo.sum())
+
+
+def _is_number(text) -> bool:
+    """Whether ``text`` is a string that reads as a number."""
+    if not isinstance(text, str):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.cache

@@ -250,6 +250,9 @@ def test_explore_zero_is_plain_recommend_and_slates_carry_propensities(built):
     plain = built.recommend(user, k=8)
     assert built.recommend(user, k=8, explore=0).ids == plain.ids
     assert built.recommend(user, k=8, explore="policy=exploit").ids == plain.ids
+    assert built.recommend(user, k=8, explore="0").ids == plain.ids  # a strength as text
+    as_text = built.recommend(user, k=8, explore="1", seed=4)
+    assert as_text.ids == built.recommend(user, k=8, explore=1.0, seed=4).ids
     mixed = built.recommend(user, k=8, explore="policy=thompson,strength=1", seed=4)
     assert len(mixed.ids) == 8 and len(set(mixed.ids)) == 8
     sources = [r["source"] for r in mixed.reasons]

@@ -273,7 +273,7 @@ def create_app(
             k=request.k,
             categories=request.categories,
             diversity=request.diversity,
-            explore=_explore(request.explore),
+            explore=request.explore,
             seed=request.seed,
         )
         return s.RecommendResponse(
@@ -314,7 +314,6 @@ def create_app(
     @api.get("/users/{user_id:path}/tags", tags=["shoppers"])
     def user_tags(user_id: str, top: Annotated[int, Query(ge=1, le=50)] = 5) -> s.TagsResponse:
         """Her interest tags with confidence and the events behind each."""
-        ws.stored_id(user_id)  # an unknown shopper is a 404 before a missing tagger a 409
         return s.TagsResponse(
             user_id=user_id, tags=[t.to_dict() for t in ws.tags(user_id, top=top)]
         )
@@ -397,16 +396,6 @@ def create_app(
 
     app.include_router(api)
     return app
-
-
-def _explore(value: float | str | None):
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            return text
-    return value
 
 
 def _version() -> str:

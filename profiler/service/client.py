@@ -132,23 +132,20 @@ class Client:
         seed: int | None = None,
     ):
         """See :meth:`profiler.workspace.Workspace.recommend`."""
-        body = _recommend_body(user, history, k, categories, diversity, explore, seed)
+        body = _recommend_body(
+            user,
+            history=history,
+            k=k,
+            categories=categories,
+            diversity=diversity,
+            explore=explore,
+            seed=seed,
+        )
         return self._results(self._call("POST", "/recommend", json=body)["items"])
 
     def recommend_many(self, users: Sequence[str], **options) -> list:
         """:meth:`recommend` for many known shoppers in one request (at most 100)."""
-        bodies = [
-            _recommend_body(
-                u,
-                None,
-                options.get("k", 10),
-                options.get("categories"),
-                options.get("diversity", 0.0),
-                options.get("explore"),
-                options.get("seed"),
-            )
-            for u in users
-        ]
+        bodies = [_recommend_body(u, **options) for u in users]
         return [self._results(r["items"]) for r in self._call("POST", "/recommend", json=bodies)]
 
     def search(self, query: str, k: int = 10):
@@ -220,7 +217,9 @@ def _part(value: str) -> str:
     return quote(str(value), safe="")
 
 
-def _recommend_body(user, history, k, categories, diversity, explore, seed) -> dict:
+def _recommend_body(
+    user, *, history=None, k=10, categories=None, diversity=0.0, explore=None, seed=None
+) -> dict:
     body = {"user_id": user, "history": None if history is None else list(history), "k": k}
     body.update(categories=None if categories is None else list(categories))
     body.update(diversity=diversity, explore=explore, seed=seed)
