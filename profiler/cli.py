@@ -135,7 +135,11 @@ def _parser() -> argparse.ArgumentParser:
         "compare", help="offline A/B of two explore configs, paired bootstrap intervals"
     )
     compare.add_argument("--workspace", required=True, type=Path)
-    compare.add_argument("--a", required=True, help="config: 'policy=exploit', JSON or a file")
+    compare.add_argument(
+        "--a",
+        required=True,
+        help="config: 'policy=exploit', JSON or a file; unnamed settings are the workspace's",
+    )
     compare.add_argument("--b", required=True, help="config: 'policy=thompson,strength=0.3'")
     compare.add_argument("--rounds", type=int, default=10)
     compare.add_argument("-k", type=int, default=10)
@@ -472,8 +476,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace, show_progress_bar=False)
     rows = compare(
         ws,
-        ExploreConfig.parse(args.a),
-        ExploreConfig.parse(args.b),
+        ExploreConfig.parse(args.a, ws.explore_config()),
+        ExploreConfig.parse(args.b, ws.explore_config()),
         rounds=args.rounds,
         k=args.k,
         seed=args.seed,

@@ -39,7 +39,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,7 +54,9 @@ __all__ = [
     "Estimate",
     "ExploreConfig",
     "ExploreState",
+    "Replay",
     "Slate",
+    "choose_config",
     "doubly_robust",
     "ips",
     "make_slate",
@@ -90,25 +92,29 @@ class ExploreConfig:
             raise ValueError(f"prior_strength must be positive, got {self.prior_strength!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> ExploreConfig:
+    def from_dict(cls, data: dict, base: ExploreConfig | None = None) -> ExploreConfig:
+        """``data``'s settings over ``base``'s (default: the class defaults)."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown explore settings {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{**(base or cls()).to_dict(), **data})
 
     @classmethod
-    def parse(cls, spec: str | os.PathLike[str] | dict | None) -> ExploreConfig:
-        """A config from a dict, a JSON file, inline JSON or ``key=value,key=value``."""
+    def parse(
+        cls, spec: str | os.PathLike[str] | dict | None, base: ExploreConfig | None = None
+    ) -> ExploreConfig:
+        """A config from a dict, a JSON file, inline JSON or ``key=value,key=value``;
+        settings it does not name are ``base``'s (a workspace's chosen ones)."""
         if spec is None:
-            return cls()
+            return base or cls()
         if isinstance(spec, dict):
-            return cls.from_dict(spec)
+            return cls.from_dict(spec, base)
         text = str(spec).strip()
         if Path(text).is_file():
-            return cls.from_dict(read_json(text))
+            return cls.from_dict(read_json(text), base)
         if text.startswith("{"):
             try:
-                return cls.from_dict(json.loads(text))
+                return cls.from_dict(json.loads(text), base)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"config {text!r}: not valid JSON ({exc})") from None
         data: dict = {}
@@ -117,7 +123,7 @@ class ExploreConfig:
             if not sep:
                 raise ValueError(f"config {text!r}: expected key=value, got {part!r}")
             data[key.strip()] = value.strip() if key.strip() == "policy" else float(value)
-        return cls.from_dict(data)
+        return cls.from_dict(data, base)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -630,65 +636,98 @@ def simulate(
     ranker is kept, the same for every policy. ``max_users`` samples shoppers (by
     ``seed``) to bound the run; the same seed gives every policy the same shoppers.
     """
-    from profiler.recommender import Query
+    return Replay(workspace, k=k, seed=seed, max_users=max_users).run(config, rounds=rounds)
 
-    if rounds < 1 or k < 1:
-        raise ValueError("rounds and k must be positive")
-    model = workspace.recommender
-    events = workspace.events
-    event_arm, positive = workspace.event_arms()
-    positive = positive & (events["item_id"] != "").to_numpy()
-    last = events.reset_index(drop=True).groupby("user_id", sort=False).tail(1)
-    held = last[positive[last.index]]
-    rng = np.random.default_rng(seed)
-    if max_users is not None and len(held) > max_users:
-        held = held.iloc[np.sort(rng.choice(len(held), max_users, replace=False))]
-    if held.empty:
-        raise ValueError(f"{workspace.path}: no shopper's last event is a positive one on an item")
-    catalogue = model.catalogue_
-    position = catalogue.position
-    arms = workspace.explore_arms()
-    n_arms = len(arms.names)
-    keep = np.ones(len(events), dtype=bool)
-    keep[held.index.to_numpy()] = False
-    rest = events[keep].reset_index(drop=True)
-    arm_of_event = event_arm[keep]
-    counted = positive[keep] & (arm_of_event >= 0)
-    population = population_shares(arm_of_event, counted, n_arms)
-    saved = model.state_
-    model.set_state(model.fit_state(rest, saved.user_index))
-    try:
-        rows_of = rest.groupby("user_id", sort=False).indices
-        state = ExploreState(n_arms, CONTEXT_DIM)
-        novelty = novelty_bits(saved.interactions.counts_)
-        per_user = []
-        shoppers = []
-        for row in held.itertuples():
-            rows = rows_of.get(row.user_id, np.empty(0, dtype=np.int64))
-            history = rest.iloc[rows]
-            shopper = model.shopper(Query(row.user_id, history), stored=len(rows) > 0)
-            ranked = model.rank(shopper).positions
-            positives = arm_positives(arm_of_event, counted, rows, n_arms)
-            device = str(history["device"].iloc[-1]) if "device" in history and len(rows) else ""
-            channel = str(history["channel"].iloc[-1]) if "channel" in history and len(rows) else ""
-            shoppers.append(
-                {
-                    "user": row.user_id,
-                    "target": position[row.item_id],
-                    "ranked": ranked,
-                    "seen": {position[i] for i in history["item_id"] if i in position},
-                    "positives": positives,
-                    "context": context_features(float(row.timestamp), device, channel),
-                    "hit": None,
-                    "shown": [],
-                }
+
+class Replay:
+    """Shoppers prepared once for replaying several configs (:func:`simulate`): the
+    held-out events, the refit without them and every shopper's exploit order are
+    computed here; :meth:`run` replays one config on them."""
+
+    def __init__(
+        self,
+        workspace,
+        *,
+        k: int = 10,
+        seed: int = 0,
+        max_users: int | None = 1000,
+        skip_users: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        from profiler.recommender import Query
+
+        if k < 1:
+            raise ValueError("k must be positive")
+        self.k, self.seed = k, seed
+        model = workspace.recommender
+        events = workspace.events
+        event_arm, positive = workspace.event_arms()
+        positive = positive & (events["item_id"] != "").to_numpy()
+        last = events.reset_index(drop=True).groupby("user_id", sort=False).tail(1)
+        held = last[positive[last.index]]
+        if skip_users:
+            held = held[~held["user_id"].isin(skip_users)]
+        rng = np.random.default_rng(seed)
+        if max_users is not None and len(held) > max_users:
+            held = held.iloc[np.sort(rng.choice(len(held), max_users, replace=False))]
+        if held.empty:
+            raise ValueError(
+                f"{workspace.path}: no shopper's last event is a positive one on an item"
             )
+        self.held_users = frozenset(held["user_id"])
+        catalogue = model.catalogue_
+        position = catalogue.position
+        self.n_items = len(catalogue.item_ids)
+        self.arms = arms = workspace.explore_arms()
+        n_arms = len(arms.names)
+        keep = np.ones(len(events), dtype=bool)
+        keep[held.index.to_numpy()] = False
+        rest = events[keep].reset_index(drop=True)
+        arm_of_event = event_arm[keep]
+        counted = positive[keep] & (arm_of_event >= 0)
+        self.population = population_shares(arm_of_event, counted, n_arms)
+        saved = model.state_
+        self.novelty = novelty_bits(saved.interactions.counts_)
+        model.set_state(model.fit_state(rest, saved.user_index))
+        self.shoppers: list[dict] = []
+        try:
+            rows_of = rest.groupby("user_id", sort=False).indices
+            for row in held.itertuples():
+                rows = rows_of.get(row.user_id, np.empty(0, dtype=np.int64))
+                history = rest.iloc[rows]
+                shopper = model.shopper(Query(row.user_id, history), stored=len(rows) > 0)
+                last_of = history.iloc[-1] if len(rows) else None
+                self.shoppers.append(
+                    {
+                        "user": row.user_id,
+                        "target": position[row.item_id],
+                        "ranked": model.rank(shopper).positions,
+                        "seen": frozenset(position[i] for i in history["item_id"] if i in position),
+                        "positives": arm_positives(arm_of_event, counted, rows, n_arms),
+                        "context": context_features(
+                            float(row.timestamp),
+                            str(last_of["device"]) if "device" in rest and len(rows) else "",
+                            str(last_of["channel"]) if "channel" in rest and len(rows) else "",
+                        ),
+                    }
+                )
+        finally:
+            model.set_state(saved)
+
+    def run(self, config: ExploreConfig, *, rounds: int = 10) -> SimulationResult:
+        """Replay ``config`` for ``rounds`` rounds on the prepared shoppers (slates drawn
+        from the same seed for every config)."""
+        if rounds < 1:
+            raise ValueError("rounds must be positive")
+        rng = np.random.default_rng([self.seed, 1])
+        arms, k = self.arms, self.k
+        state = ExploreState(len(arms.names), CONTEXT_DIM)
+        live = [{**s, "seen": set(s["seen"]), "hit": None, "shown": []} for s in self.shoppers]
         curve, total, shown_all = [], 0, set()
         for r in range(rounds):
-            for s in shoppers:
+            for s in live:
                 if s["hit"] is not None:
                     continue
-                a0, b0 = prior(config, s["positives"], population)
+                a0, b0 = prior(config, s["positives"], self.population)
                 succ, fail = state.counts(s["user"])
                 slate = make_slate(
                     s["ranked"],
@@ -715,9 +754,10 @@ def simulate(
                 if s["target"] in slate.positions:
                     s["hit"] = r + 1
                     total += 1
-            curve.append(total / len(shoppers))
-        for s in shoppers:
-            per_user.append(
+            curve.append(total / len(live))
+        novelty = self.novelty
+        table = pd.DataFrame(
+            [
                 {
                     "user": s["user"],
                     "hit": s["hit"] is not None,
@@ -725,23 +765,87 @@ def simulate(
                     "novelty": float(novelty[s["shown"]].mean()) if s["shown"] else 0.0,
                     "shown": len(s["shown"]),
                 }
-            )
-    finally:
-        model.set_state(saved)
-    table = pd.DataFrame(per_user)
-    hits = table["first_hit_round"].dropna()
-    shown_items = [p for s in shoppers for p in s["shown"]]
-    return SimulationResult(
-        policy=config.policy,
-        rounds=rounds,
-        users=len(shoppers),
-        cumulative_reward=float(total),
-        coverage=len(shown_all) / len(catalogue.item_ids),
-        mean_rounds_to_first_hit=float(hits.mean()) if len(hits) else None,
-        novelty=float(novelty[shown_items].mean()) if shown_items else 0.0,
-        per_user=table,
-        curve=curve,
-    )
+                for s in live
+            ]
+        )
+        hits = table["first_hit_round"].dropna()
+        shown_items = [p for s in live for p in s["shown"]]
+        return SimulationResult(
+            policy=config.policy,
+            rounds=rounds,
+            users=len(live),
+            cumulative_reward=float(total),
+            coverage=len(shown_all) / self.n_items,
+            mean_rounds_to_first_hit=float(hits.mean()) if len(hits) else None,
+            novelty=float(novelty[shown_items].mean()) if shown_items else 0.0,
+            per_user=table,
+            curve=curve,
+        )
+
+
+#: Thompson's settings a validation replay chooses among (:func:`choose_config`)
+STRENGTHS = (0.05, 0.1, 0.3)
+PRIOR_STRENGTHS = (4.0, 20.0, 100.0)
+VALIDATION_SEED = 1  # not simulate's default seed: another sample of shoppers
+MIN_VALIDATION_USERS = 50
+
+
+def choose_config(
+    workspace,
+    *,
+    users: int = 500,
+    rounds: int = 10,
+    k: int = 10,
+    seed: int = VALIDATION_SEED,
+) -> tuple[ExploreConfig, dict]:
+    """Thompson's ``strength`` and ``prior_strength`` chosen by replay (:class:`Replay`)
+    on a validation sample of the workspace's own shoppers: the setting with the highest
+    cumulative reward wins (ties: fewer rounds to the first hit, then more coverage).
+    Returns the config and a report with every candidate's numbers and pure
+    exploitation's. A workspace with fewer than ``MIN_VALIDATION_USERS`` shoppers to
+    replay keeps the defaults (the report says why)."""
+    default = ExploreConfig()
+    try:
+        replay = Replay(workspace, k=k, seed=seed, max_users=users)
+    except ValueError as exc:
+        return default, {"chosen": default.to_dict(), "why": f"defaults: {exc}"}
+    if len(replay.shoppers) < MIN_VALIDATION_USERS:
+        why = (
+            f"defaults: {len(replay.shoppers)} shoppers to replay, fewer than "
+            f"{MIN_VALIDATION_USERS}"
+        )
+        return default, {"chosen": default.to_dict(), "why": why}
+    exploit = replay.run(ExploreConfig(policy="exploit"), rounds=rounds).summary()
+    candidates = []
+    for strength in STRENGTHS:
+        for prior_strength in PRIOR_STRENGTHS:
+            config = replace(default, strength=strength, prior_strength=prior_strength)
+            summary = replay.run(config, rounds=rounds).summary()
+            candidates.append({"config": config.to_dict(), **summary})
+
+    def key(row: dict) -> tuple:
+        first_hit = row["mean_rounds_to_first_hit"]
+        return (
+            row["cumulative_reward"],
+            -(first_hit if first_hit is not None else math.inf),
+            row["coverage"],
+        )
+
+    best = max(candidates, key=key)
+    chosen = ExploreConfig.from_dict(best["config"])
+    report = {
+        "chosen": chosen.to_dict(),
+        "why": (
+            f"highest cumulative reward of {len(candidates)} Thompson settings in a "
+            f"{rounds}-round replay of {len(replay.shoppers)} validation shoppers "
+            f"(seed {seed}): {best['cumulative_reward']:.0f} vs exploitation's "
+            f"{exploit['cumulative_reward']:.0f}"
+        ),
+        "validation": {"users": len(replay.shoppers), "rounds": rounds, "k": k, "seed": seed},
+        "exploit": exploit,
+        "candidates": candidates,
+    }
+    return chosen, report
 
 
 def compare(
@@ -761,9 +865,8 @@ def compare(
     verdict (``B better``, ``A better`` or ``no clear difference`` when the interval
     holds 0). Metrics: hit rate (cumulative reward per shopper), rounds to first hit
     (shoppers both policies found; lower is better), novelty, coverage."""
-    results = [
-        simulate(workspace, c, rounds=rounds, k=k, seed=seed, max_users=max_users) for c in (a, b)
-    ]
+    replay = Replay(workspace, k=k, seed=seed, max_users=max_users)
+    results = [replay.run(c, rounds=rounds) for c in (a, b)]
     ta, tb = (r.per_user.set_index("user") for r in results)
     tb = tb.loc[ta.index]
     rng = np.random.default_rng(seed)

@@ -920,6 +920,7 @@ class Workspace:
     ) -> Workspace:
         """Embed, index and fit into a staged generation; returns the workspace (its
         manifest complete but for the file table that publishing adds)."""
+        from profiler.explore import choose_config
         from profiler.milvus import parse_spec
 
         target = staged.dir
@@ -1014,6 +1015,9 @@ class Workspace:
         save_scorer(ws._model.scorer_, target / "models", report)
         write_json(target / "models" / "recommender.json", ws._model.describe())
         ws._save_state(target)
+        logger.info("choosing exploration settings by a validation replay")
+        explore, manifest["explore"] = choose_config(ws)
+        write_json(target / "explore.config.json", explore.to_dict())
         manifest["artifacts"] = _carried_artifacts(previous, manifest["catalogue"], target)
         # the ranker, BM25 and counts are refitted by every build: from this one's inputs
         for name in ("models/recommender.json", "lexical"):
@@ -1403,7 +1407,7 @@ class Workspace:
             # a strength, also as text (the command line's and the service's "0.3")
             config = replace(self.explore_config(), strength=float(explore))
         else:
-            config = ExploreConfig.parse(explore)
+            config = ExploreConfig.parse(explore, self.explore_config())
         # a config that never explores, even for a shopper with no evidence: plain ranking
         return config if explore_share(config, 0.0) > 0 else None
 

@@ -15,6 +15,8 @@ from profiler.explore import (
     Arms,
     ExploreConfig,
     ExploreState,
+    Replay,
+    choose_config,
     doubly_robust,
     ips,
     make_slate,
@@ -67,6 +69,10 @@ def test_config_parsing_and_validation(tmp_path):
         ExploreConfig(strength=2.0)
     with pytest.raises(ValueError, match="unknown explore settings"):
         ExploreConfig.parse({"policy": "ucb", "temperature": 1})
+    # settings a spec does not name come from the base (a workspace's chosen ones)
+    base = ExploreConfig(strength=0.05, prior_strength=20.0)
+    assert ExploreConfig.parse("policy=ucb", base) == ExploreConfig("ucb", 0.05, 20.0)
+    assert ExploreConfig.parse(None, base) is base
 
 
 # -- slates -----------------------------------------------------------------------------
@@ -328,3 +334,30 @@ def test_simulation_holds_out_each_shoppers_last_event(built):
     assert result.users == len(result.per_user) <= events["user_id"].nunique()
     assert len(result.curve) == 2 and result.curve[0] <= result.curve[1]
     assert pd.Series(result.curve).between(0, 1).all()
+
+
+def test_build_chooses_explore_settings_by_validation_replay(built, monkeypatch):
+    report = built.manifest["explore"]
+    assert report["why"].startswith("highest cumulative reward")
+    assert built.explore_config() == ExploreConfig.from_dict(report["chosen"])
+    reopened = Workspace.open(built.path, embedder=built.embedder)
+    assert reopened.explore_config() == built.explore_config()  # persisted
+    config, report = choose_config(built, users=50, rounds=3, k=5)
+    rewards = [c["cumulative_reward"] for c in report["candidates"]]
+    assert len(rewards) == 9 and report["exploit"]["policy"] == "exploit"
+    best = [c for c in report["candidates"] if c["cumulative_reward"] == max(rewards)]
+    assert config.to_dict() in [c["config"] for c in best]
+    assert config.policy == "thompson" and report["validation"]["users"] <= 50
+    # too few shoppers to replay: the defaults, and the report says why
+    monkeypatch.setattr("profiler.explore.MIN_VALIDATION_USERS", 10_000)
+    config, report = choose_config(built, users=50, rounds=3, k=5)
+    assert config == ExploreConfig() and report["why"].startswith("defaults: ")
+
+
+def test_replay_gives_every_config_the_same_shoppers_and_draws(built):
+    replay = Replay(built, k=5, seed=3, max_users=20)
+    config = ExploreConfig(strength=1.0)
+    first, again = replay.run(config, rounds=2), replay.run(config, rounds=2)
+    assert first.summary() == again.summary()  # runs do not leak state into each other
+    others = Replay(built, k=5, seed=3, skip_users=replay.held_users)
+    assert not others.held_users & replay.held_users
