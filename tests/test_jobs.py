@@ -38,11 +38,11 @@ class CrashingEncoder(HashingEncoder):
         self.calls = 0
         self.crash_on = crash_on
 
-    def encode(self, texts):
+    def encode(self, texts, *, kind="query"):
         self.calls += 1
         if self.calls == self.crash_on:
             raise KeyboardInterrupt("simulated crash")
-        return super().encode(texts)
+        return super().encode(texts, kind=kind)
 
 
 @pytest.fixture(scope="module")

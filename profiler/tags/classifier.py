@@ -16,6 +16,8 @@ states, L2-normalised) with a linear head, fine-tuned end to end:
   (a quarter of a window overlaps the next); training takes every window as an example of
   the text's tags, and prediction averages the windows' logits, so a shopper's four joined
   reviews are read whole instead of truncated to the first.
+* A model with a query prompt (E5's ``query: ``) reads it at the start of every window;
+  a vocabulary over 100k pieces (XLM-R's 250k) keeps its word embeddings frozen.
 * Softmax cross-entropy when every text has exactly one tag, else per-tag binary
   cross-entropy. A temperature fitted on validation calibrates the probabilities, and a
   per-tag threshold maximises each tag's F1 on validation.
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Inverse L2 strength of the probe that initialises the head.
 PROBE_C = 10.0
+#: Word embeddings of a vocabulary larger than this stay frozen while fine-tuning.
+LARGE_VOCABULARY = 100_000
 
 
 def _check_targets(texts: Sequence[str], targets: np.ndarray, n_tags: int, what: str) -> np.ndarray:
@@ -81,6 +85,8 @@ class TagClassifier:
         ``"cpu"`` forces the CPU; ``None`` uses a GPU when torch sees one.
     """
 
+    prompt_: str = ""  # the base model's query prompt, set by fit and load
+
     def __init__(
         self,
         base_model: str | os.PathLike[str] | None = None,
@@ -108,17 +114,21 @@ class TagClassifier:
 
     def windows(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids of every window (with special tokens) and the text each belongs to."""
-        size = self.max_length - 2
+        tok = self.tokenizer_
+        # E5's "query: " leads every window, as the encoder was trained to read it
+        prompt = self.prompt_
+        prefix = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        size = self.max_length - 2 - len(prefix)
         step = size - size // 4
         # whole texts on purpose (the windows cut them): no "longer than maximum" warning
         encoded = self.tokenizer_(
             list(texts), add_special_tokens=False, truncation=False, verbose=False
         )
         ids = encoded["input_ids"]
-        tok = self.tokenizer_
         first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         last = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-        head, tail = ([first] if first is not None else []), ([last] if last is not None else [])
+        head = ([first] if first is not None else []) + prefix
+        tail = [last] if last is not None else []
         pieces: list[list[int]] = []
         owner: list[int] = []
         for row, tokens in enumerate(ids):
@@ -202,8 +212,15 @@ class TagClassifier:
         spec = resolve_model(self.base_model)
         self.taxonomy_ = taxonomy
         self.base_model_id_ = spec.model_id
+        self.prompt_ = spec.prompts.get("query", "")
         self.tokenizer_ = AutoTokenizer.from_pretrained(str(spec.path))
         self.encoder_ = AutoModel.from_pretrained(str(spec.path)).to(self._device())
+        words = self.encoder_.get_input_embeddings()
+        if words.num_embeddings > LARGE_VOCABULARY:
+            # XLM-R's 250k pieces are 80% of multilingual-e5-small's weights; a few
+            # thousand texts touch a sliver of those rows, and AdamW over all of them
+            # doubles each step's time on a CPU
+            words.weight.requires_grad_(False)
         self.head_ = torch.nn.Linear(self.encoder_.config.hidden_size, len(taxonomy))
         self.head_.to(self._device())
 
@@ -221,7 +238,10 @@ class TagClassifier:
         logger.info("probe head: validation loss %.4f", best)
         best_state = _state(self)
         params = [
-            {"params": self.encoder_.parameters(), "lr": self.learning_rate},
+            {
+                "params": [p for p in self.encoder_.parameters() if p.requires_grad],
+                "lr": self.learning_rate,
+            },
             {"params": self.head_.parameters(), "lr": 10 * self.learning_rate},
         ]
         optimizer = torch.optim.AdamW(params, weight_decay=0.01)
@@ -345,6 +365,7 @@ class TagClassifier:
                 "temperature": self.calibrator_.to_dict(),
                 "thresholds": [float(t) for t in self.thresholds_],
                 "base_model": self.base_model_id_,
+                "prompt": self.prompt_,
                 "max_length": self.max_length,
                 "learning_rate": self.learning_rate,
                 "epochs": self.epochs,
@@ -385,6 +406,7 @@ class TagClassifier:
         classifier.calibrator_ = TemperatureScaler.from_dict(meta["temperature"])
         classifier.thresholds_ = np.asarray(meta["thresholds"], dtype=np.float64)
         classifier.base_model_id_ = meta["base_model"]
+        classifier.prompt_ = meta.get("prompt", "")
         classifier.epochs_trained_ = meta["epochs_trained"]
         classifier.single_label_ = bool(meta.get("single_label", False))
         classifier.history_ = list(meta.get("history", []))
