@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from profiler.recommender import Corpus, Query, Recommender
+from profiler.text import TOKEN_PATTERN, prepare
 
 __all__ = ["ALSBaseline", "ItemKNN", "MeanEmbedding", "Popularity", "TfidfBaseline"]
 
@@ -131,7 +132,12 @@ class TfidfBaseline(Recommender):
             )
         self.corpus_ = corpus
         self.vectorizer_ = TfidfVectorizer(
-            sublinear_tf=True, ngram_range=(1, 2), min_df=1, stop_words="english"
+            sublinear_tf=True,
+            ngram_range=(1, 2),
+            min_df=1,
+            stop_words="english",
+            preprocessor=prepare,  # Chinese segmented into words
+            token_pattern=TOKEN_PATTERN,
         )
         self.item_matrix_ = sp.csr_matrix(self.vectorizer_.fit_transform(corpus.item_texts))
         return self

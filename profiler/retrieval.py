@@ -37,6 +37,7 @@ from scipy import sparse
 
 from profiler.profiles import SECONDS_PER_DAY, UserProfile
 from profiler.storage import atomic_path, read_json, save_npy, write_json
+from profiler.text import TOKEN_PATTERN, segment
 from profiler.vectors import VectorIndex
 
 __all__ = [
@@ -338,13 +339,19 @@ class Interactions:
 
 
 class LexicalIndex:
-    """BM25 over item texts through ``bm25s`` (a sparse index; English stop words)."""
+    """BM25 over item texts through ``bm25s`` (a sparse index; English stop words;
+    Chinese segmented into words by :func:`profiler.text.segment`)."""
 
     def fit(self, documents: Sequence[str]) -> LexicalIndex:
         import bm25s
 
         self.n_items_ = len(documents)
-        tokens = bm25s.tokenize(list(documents), stopwords="en", show_progress=False)
+        tokens = bm25s.tokenize(
+            [segment(d) for d in documents],
+            stopwords="en",
+            token_pattern=TOKEN_PATTERN,
+            show_progress=False,
+        )
         self.bm25_ = bm25s.BM25()
         self.bm25_.index(tokens, show_progress=False)
         return self
@@ -356,7 +363,13 @@ class LexicalIndex:
         joined = " ".join(t for t in texts if t)
         if not joined.strip():
             return np.zeros(self.n_items_, np.float32)
-        tokens = bm25s.tokenize([joined], stopwords="en", return_ids=False, show_progress=False)
+        tokens = bm25s.tokenize(
+            [segment(joined)],
+            stopwords="en",
+            token_pattern=TOKEN_PATTERN,
+            return_ids=False,
+            show_progress=False,
+        )
         return np.asarray(self.bm25_.get_scores(tokens[0]), dtype=np.float32)
 
     def save(self, directory: str | os.PathLike[str]) -> None:

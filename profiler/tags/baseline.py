@@ -15,6 +15,7 @@ from scipy.special import expit
 from sklearn.exceptions import NotFittedError
 
 from profiler.tags.zeroshot import check_texts
+from profiler.text import TOKEN_PATTERN, prepare
 
 __all__ = ["TfidfLogisticTagger"]
 
@@ -98,7 +99,12 @@ class TfidfLogisticTagger:
             raise ValueError(f"C must be positive, got {self.C!r}")
 
         self.vectorizer_ = TfidfVectorizer(
-            sublinear_tf=True, ngram_range=(1, 2), min_df=1, max_features=self.max_features
+            sublinear_tf=True,
+            ngram_range=(1, 2),
+            min_df=1,
+            max_features=self.max_features,
+            preprocessor=prepare,  # Chinese segmented into words by jieba
+            token_pattern=TOKEN_PATTERN,
         )
         features = self.vectorizer_.fit_transform(batch)
         n_tags = labels.shape[1]

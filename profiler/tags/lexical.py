@@ -19,14 +19,21 @@ from scipy.special import expit, log_softmax
 
 from profiler.storage import read_json, save_npy, write_json
 from profiler.tags.zeroshot import check_texts
+from profiler.text import TOKEN_PATTERN, prepare
 
 __all__ = ["LexicalTagger"]
 
 logger = logging.getLogger(__name__)
 
 #: The two vocabularies: word 1-2 grams, and character 2-5 grams within word bounds.
+#: Words come from :func:`profiler.text.prepare` (Chinese segmented by jieba).
 VECTORIZERS = {
-    "words": {"ngram_range": (1, 2), "min_df": 1},
+    "words": {
+        "ngram_range": (1, 2),
+        "min_df": 1,
+        "preprocessor": prepare,
+        "token_pattern": TOKEN_PATTERN,
+    },
     "chars": {"analyzer": "char_wb", "ngram_range": (2, 5), "min_df": 2},
 }
 

@@ -1,0 +1,42 @@
+"""Text for lexical models: Chinese segmentation, width and script folding."""
+
+from __future__ import annotations
+
+from profiler.retrieval import LexicalIndex
+from profiler.tags.baseline import TfidfLogisticTagger
+from profiler.text import has_cjk, prepare, segment, words
+
+
+def test_ascii_text_is_untouched_and_chinese_is_cut_into_words():
+    assert segment("Plain English, 100% cotton") == "Plain English, 100% cotton"
+    assert segment("这件衣服质量很好").split() == ["这件", "衣服", "质量", "很", "好"]
+    assert has_cjk("手机") and not has_cjk("phone")
+
+
+def test_full_width_and_traditional_forms_fold_to_one_term():
+    assert segment("ＡＢＣ１２３") == "ABC123"
+    assert words("電腦很好") == words("电脑很好")
+    assert "电脑" in words("這台電腦")
+    assert words("手机 很好, GREAT phone 好") == ["手机", "很", "好", "great", "phone", "好"]
+    assert prepare("质量 OK") == "质量 ok"
+
+
+def test_bm25_finds_a_chinese_word_inside_a_sentence():
+    documents = ["这款手机电池续航很长", "这件连衣裙很漂亮", "运动鞋 跑步 轻便"]
+    index = LexicalIndex().fit(documents)
+    # whitespace tokens would make each document one word and match nothing
+    assert index.scores(["连衣裙"]).argmax() == 1
+    assert index.scores(["跑步鞋"]).argmax() == 2
+    english = LexicalIndex().fit(["red running shoes", "blue dress"])
+    assert english.scores(["running"]).argmax() == 0
+
+
+def test_tfidf_baseline_learns_from_segmented_chinese(chinese_reviews):
+    sample = chinese_reviews.groupby("label").head(300)
+    texts = sample["text"].tolist()
+    targets = sample[["label"]].to_numpy()
+    tagger = TfidfLogisticTagger(seed=0).fit(texts, targets)
+    vocabulary = tagger.vectorizer_.vocabulary_
+    assert "质量" in vocabulary and "失望" in vocabulary  # words, not whole sentences
+    probs = tagger.predict_proba(["质量很好，非常满意", "太失望了，质量很差"])[:, 0]
+    assert probs[0] > probs[1]
