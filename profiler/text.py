@@ -24,7 +24,7 @@ import logging
 import re
 import unicodedata
 
-__all__ = ["TOKEN_PATTERN", "has_cjk", "prepare", "segment", "words"]
+__all__ = ["TOKEN_PATTERN", "has_cjk", "prepare", "segment", "shorten", "words"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +87,15 @@ def prepare(text: str) -> str:
 def words(text: str) -> list[str]:
     """The words lexical models index: :data:`TOKEN_PATTERN` over :func:`prepare`."""
     return _TOKEN.findall(prepare(text))
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, ending with "…" when cut; Chinese is cut
+    at a word boundary (jieba's), not inside a word."""
+    if len(text) <= limit:
+        return text
+    cut = limit - 1
+    if has_cjk(text[:limit]):
+        ends = [end for _, _, end in _jieba().tokenize(text[: limit + 8]) if end <= cut]
+        cut = ends[-1] if ends and ends[-1] > 0 else cut
+    return text[:cut].rstrip() + "…"

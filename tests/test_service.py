@@ -120,6 +120,11 @@ def test_search_similar_and_audience(http, ws):
     found = http.post("/search", json={"query": "denim jeans", "k": 3}).json()
     assert found["query"] == "denim jeans"
     assert [i["item_id"] for i in found["items"]] == ws.search("denim jeans", k=3).ids
+    # Chinese text goes in and comes back as UTF-8 characters, not escapes
+    query = "牛仔裤 连衣裙"
+    chinese = http.post("/search", json={"query": query, "k": 2})
+    assert chinese.status_code == 200  # JSON is UTF-8 (RFC 8259): the raw bytes hold it
+    assert query.encode() in chinese.content and chinese.json()["query"] == query
     item = found["items"][0]["item_id"]
     similar = http.get(f"/items/{item}/similar", params={"k": 4}).json()
     assert len(similar["items"]) == 4 and item not in [i["item_id"] for i in similar["items"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from profiler.retrieval import LexicalIndex
 from profiler.tags.baseline import TfidfLogisticTagger
-from profiler.text import has_cjk, prepare, segment, words
+from profiler.text import has_cjk, prepare, segment, shorten, words
 
 
 def test_ascii_text_is_untouched_and_chinese_is_cut_into_words():
@@ -40,3 +40,13 @@ def test_tfidf_baseline_learns_from_segmented_chinese(chinese_reviews):
     assert "质量" in vocabulary and "失望" in vocabulary  # words, not whole sentences
     probs = tagger.predict_proba(["质量很好，非常满意", "太失望了，质量很差"])[:, 0]
     assert probs[0] > probs[1]
+
+
+def test_snippets_cut_chinese_between_words():
+    text = "这款手机电池续航很长拍照也很清晰"
+    short = shorten(text, 9)
+    assert short.endswith("…") and len(short) <= 9
+    assert short == "这款手机电池续航…"  # jieba: 这款 / 手机 / 电池 / 续航 / 很长
+    assert shorten(text, 8) == "这款手机电池…"  # not 这款手机电池续 (half of 续航)
+    assert shorten("a short text", 50) == "a short text"
+    assert shorten("abcdefghij", 5) == "abcd…"  # other text: as before

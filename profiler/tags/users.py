@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.storage import read_json, write_json
+from profiler.text import shorten
 
 __all__ = ["Evidence", "TagOverrides", "UserTag", "aggregate_tags"]
 
@@ -78,8 +79,7 @@ class UserTag:
 
 
 def _snippet(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= SNIPPET else text[: SNIPPET - 1].rstrip() + "…"
+    return shorten(" ".join(str(text).split()), SNIPPET)
 
 
 def aggregate_tags(
