@@ -16,6 +16,7 @@ from pathlib import Path
 
 from profiler.explore import POLICIES
 from profiler.jobs import DTYPES, EmbedJob
+from profiler.tags.standalone import is_workspace
 from profiler.workspace import Results, UnknownUserError, Workspace
 
 logger = logging.getLogger("profiler")
@@ -705,10 +706,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_workspace(path: Path) -> bool:
-    return (path / "CURRENT").exists() or (path / "manifest.json").exists()
-
-
 def cmd_train_tags(args: argparse.Namespace) -> int:
     from profiler.tags.training import report_table
 
@@ -725,7 +722,7 @@ def cmd_train_tags(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
     )
-    if _is_workspace(args.workspace):
+    if is_workspace(args.workspace):
         ws = Workspace.open(args.workspace, show_progress_bar=False)
         level = int(args.level) if args.level.isdigit() else args.level
         report = ws.train_tags(level=level, styles=args.styles, **options)
@@ -778,7 +775,7 @@ def _tag_each_text(args: argparse.Namespace, tag) -> int:
 
 
 def cmd_tags(args: argparse.Namespace) -> int:
-    if not _is_workspace(args.workspace):
+    if not is_workspace(args.workspace):
         from profiler.tags.standalone import TextTagger
 
         if args.text is None and args.texts is None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler.storage import read_json, write_json
+from profiler.storage import read_json, replace_directory, write_json
 
 __all__ = ["MODELS", "InstalledModel", "install", "installed", "model_home"]
 
@@ -190,19 +190,11 @@ def install(
                 "verification": verification,
             },
         )
-        target = folder / name
-        if target.exists():
-            old = folder / f".{name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
+        replace_directory(staging, folder / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("installed %s in %s", name, target)
+    logger.info("installed %s in %s", name, folder / name)
     return installed(name, folder)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +71,15 @@ def save_npy(target: str | os.PathLike[str], array: np.ndarray) -> None:
     """Save an array as ``.npy`` atomically, never pickling."""
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def replace_directory(staged: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the complete directory ``staged`` in place of ``target`` (a sibling): the old
+    one is renamed aside first and deleted after, so ``target`` is always whole."""
+    staged, target = Path(staged), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

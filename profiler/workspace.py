@@ -521,23 +521,20 @@ class Workspace:
         :mod:`profiler.tags.typed`; ``profiler/data/clothing/styles.json`` is the bundled
         example): its tags are calibrated on the catalogue and shown as ``style`` tags.
         """
-        from profiler.tags.taxonomy import Tag, Taxonomy
-        from profiler.tags.training import TaggingData, train_tags, workspace_tagging_data
+        from profiler.tags.taxonomy import Taxonomy
+        from profiler.tags.training import labelled_file, train_tags, workspace_tagging_data
 
         if data is not None:
-            examples = TaggingData.from_file(
-                data, text_column=text_column, label_column=label_column, group_column=group_column
+            examples, vocabulary = labelled_file(
+                data, text_column, label_column, group_column, taxonomy
             )
         else:
             examples = workspace_tagging_data(self.events, self.items, level)
-        if taxonomy is not None:
-            vocabulary = Taxonomy.from_file(taxonomy)
-        elif data is not None:
-            vocabulary = Taxonomy(
-                [Tag(n) for n in sorted({n for ns in examples.labels for n in ns})]
+            vocabulary = (
+                Taxonomy.from_file(taxonomy)
+                if taxonomy is not None
+                else Taxonomy.from_categories(self.items["category"].fillna(""), level=level)
             )
-        else:
-            vocabulary = Taxonomy.from_categories(self.items["category"].fillna(""), level=level)
         with self._writing(drop=["models/tags"], exclusive=False) as staged:
             tags_dir = staged / "models" / "tags"
             tagger, report = train_tags(

@@ -27,13 +27,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler.storage import read_json, write_json
+from profiler.storage import read_json, replace_directory, write_json
 
-__all__ = ["TextTagger"]
+__all__ = ["TextTagger", "is_workspace"]
 
 logger = logging.getLogger(__name__)
 
 MARKER = "tagger.json"
+
+
+def is_workspace(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds a built workspace (its ``CURRENT``, or a format-2
+    ``manifest.json``) rather than a text-only tagger or nothing."""
+    directory = Path(directory)
+    return (directory / "CURRENT").exists() or (directory / "manifest.json").exists()
 
 
 class TextTagger:
@@ -71,22 +78,16 @@ class TextTagger:
         through the workspace). Tags are the labels' (or ``taxonomy``'s). Returns the
         tagger and the evaluation rows."""
         from profiler.embedding import Embedder
-        from profiler.tags.taxonomy import Tag, Taxonomy
-        from profiler.tags.training import TaggingData, train_tags
+        from profiler.tags.training import labelled_file, train_tags
 
         directory = Path(directory)
-        if (directory / "CURRENT").exists() or (directory / "manifest.json").exists():
+        if is_workspace(directory):
             raise ValueError(
                 f"{directory}: holds a built workspace; `profiler train-tags` trains its tagger "
                 "in place (a text-only tagger needs a directory of its own)"
             )
-        examples = TaggingData.from_file(
-            data, text_column=text_column, label_column=label_column, group_column=group_column
-        )
-        vocabulary = (
-            Taxonomy.from_file(taxonomy)
-            if taxonomy is not None
-            else Taxonomy([Tag(n) for n in sorted({n for ns in examples.labels for n in ns})])
+        examples, vocabulary = labelled_file(
+            data, text_column, label_column, group_column, taxonomy
         )
         directory.mkdir(parents=True, exist_ok=True)
         embedder = Embedder(model, cache_dir=directory / "embeddings", show_progress_bar=False)
@@ -104,13 +105,7 @@ class TextTagger:
                 learning_rate=learning_rate,
                 seed=seed,
             )
-            target = directory / "tags"
-            old = directory / ".tags-old"
-            shutil.rmtree(old, ignore_errors=True)
-            if target.exists():
-                target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_directory(staging, directory / "tags")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

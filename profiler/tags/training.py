@@ -25,7 +25,7 @@ from profiler.tags.baseline import TfidfLogisticTagger
 from profiler.tags.calibration import TemperatureScaler, fit_thresholds
 from profiler.tags.classifier import TagClassifier
 from profiler.tags.lexical import LexicalTagger
-from profiler.tags.taxonomy import Taxonomy
+from profiler.tags.taxonomy import Tag, Taxonomy
 from profiler.tags.zeroshot import ZeroShotTagger
 
 __all__ = ["TagModel", "TaggingData", "evaluate_tagger", "split_by_group", "train_tags"]
@@ -345,6 +345,23 @@ def evaluate_tagger(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarr
         "top1_macro_f1": metrics.multilabel_f1(targets, top1)[1],
         "roc_auc": metrics.macro_roc_auc(targets, probs),
     }
+
+
+def labelled_file(
+    data: str | os.PathLike[str],
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    taxonomy: str | os.PathLike[str] | None = None,
+) -> tuple[TaggingData, Taxonomy]:
+    """A labelled file's examples (labels separated by ``|``) and its tags: the
+    ``taxonomy`` file's, else the labels' own, sorted."""
+    examples = TaggingData.from_file(
+        data, text_column=text_column, label_column=label_column, group_column=group_column
+    )
+    if taxonomy is not None:
+        return examples, Taxonomy.from_file(taxonomy)
+    return examples, Taxonomy([Tag(n) for n in sorted({n for ns in examples.labels for n in ns})])
 
 
 def train_tags(
