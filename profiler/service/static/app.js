@@ -54,7 +54,9 @@ function renderTags(tags, note) {
     }
     for (const evidence of tag.evidence.slice(0, 2)) {
       const rating = evidence.rating === null ? "" : ` (${evidence.rating}★${evidence.rating_predicted ? " predicted" : ""})`;
-      item.append(el("div", `← ${evidence.kind}${rating}: ${evidence.snippet}`, "evidence"));
+      // a view, click or purchase has no text: name its item instead of an empty quote
+      const what = evidence.snippet || (evidence.item_id ? `item ${evidence.item_id}` : "");
+      item.append(el("div", `← ${evidence.kind}${rating}: ${what}`, "evidence"));
     }
     list.append(item);
   }
