@@ -220,9 +220,11 @@ class BlendScorer:
     def score(self, features: np.ndarray) -> np.ndarray:
         return _zscore(features) @ self._vector
 
-    def contributions(self, features: np.ndarray) -> np.ndarray:
-        """Exact terms ``w_f * z_f`` per candidate and feature (they sum to the score)."""
-        return _zscore(features) * self._vector
+    def contributions(self, features: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Exact terms ``w_f * z_f`` per candidate (of ``rows``, default all) and feature
+        (they sum to the score)."""
+        z = _zscore(features)
+        return (z if rows is None else z[rows]) * self._vector
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "weights": self.weights}
@@ -283,9 +285,13 @@ class LightGBMScorer:
     def score(self, features: np.ndarray) -> np.ndarray:
         return self.booster_.predict(_ranker_inputs(features), num_threads=1)
 
-    def contributions(self, features: np.ndarray) -> np.ndarray:
-        """SHAP-style contributions per candidate and feature (``pred_contrib``)."""
+    def contributions(self, features: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """SHAP-style contributions (``pred_contrib``) per candidate of ``rows`` (default
+        all) and feature. The inputs are standardised over all the candidates, as when
+        they were scored; TreeSHAP runs only for ``rows`` (it costs ~20 score passes)."""
         inputs = _ranker_inputs(features)
+        if rows is not None:
+            inputs = inputs[rows]
         return self.booster_.predict(inputs, pred_contrib=True, num_threads=1)[:, :-1]
 
     def to_dict(self) -> dict:
@@ -333,13 +339,13 @@ class EnsembleScorer:
     def score(self, features: np.ndarray) -> np.ndarray:
         return sum((score - score.mean()) / std for score, std in self._parts(features))
 
-    def contributions(self, features: np.ndarray) -> np.ndarray:
+    def contributions(self, features: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Each part's contributions over its spread: they sum to the score up to one
         constant per shopper (the parts' means)."""
         (_, booster_std), (_, blend_std) = self._parts(features)
         return (
-            self.booster.contributions(features) / booster_std
-            + self.blend.contributions(features) / blend_std
+            self.booster.contributions(features, rows) / booster_std
+            + self.blend.contributions(features, rows) / blend_std
         )
 
     def to_dict(self) -> dict:
@@ -656,7 +662,7 @@ class TwoStageRecommender(Recommender):
             out = np.zeros((len(rows), len(FEATURES)))
             out[:, FEATURES.index("trend")] = ranked.scores[rows]
             return out
-        return self.scorer_.contributions(ranked.candidates.features)[rows]
+        return self.scorer_.contributions(ranked.candidates.features, np.asarray(rows))
 
     def recommend(self, query: Query, k: int = 10, exclude: Sequence[str] = ()) -> list[str]:
         ranked = self.rank(self.shopper(query), exclude=exclude)

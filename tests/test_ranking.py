@@ -11,6 +11,7 @@ from profiler.data import clothing_catalog, clothing_events
 from profiler.evaluate import text_split
 from profiler.ranking import (
     BlendScorer,
+    EnsembleScorer,
     LightGBMScorer,
     RankerConfig,
     TwoStageRecommender,
@@ -44,6 +45,9 @@ def test_blend_contributions_are_its_exact_terms():
     assert blend.weights["bm25"] > 0 and blend.weights["dense"] > 0
     x = groups[0]
     np.testing.assert_allclose(blend.contributions(x).sum(axis=1), blend.score(x))
+    np.testing.assert_allclose(
+        blend.contributions(x, np.array([3, 0])), blend.contributions(x)[[3, 0]]
+    )
 
 
 def test_lightgbm_learns_and_explains(tmp_path):
@@ -59,6 +63,11 @@ def test_lightgbm_learns_and_explains(tmp_path):
     bias = booster.booster_.predict(x, pred_contrib=True)[:, -1]  # raw inputs: same shape
     assert contributions.shape == x.shape
     np.testing.assert_allclose(contributions.sum(axis=1) + bias, booster.score(x), atol=1e-6)
+    # the top rows alone (what recommend explains): standardised over all candidates still
+    rows = np.argsort(-booster.score(x))[:5]
+    np.testing.assert_allclose(booster.contributions(x, rows), contributions[rows], atol=1e-9)
+    ensemble = EnsembleScorer(booster)
+    np.testing.assert_allclose(ensemble.contributions(x, rows), ensemble.contributions(x)[rows])
     save_scorer(booster, tmp_path, {"queries": 300})
     loaded, report = load_scorer(tmp_path)
     assert report == {"queries": 300}
