@@ -14,10 +14,16 @@ Steps, in one run:
    uniformly from 0 to twice each ``--think-ms`` value (0: back to back, the server
    saturated). One more client posts a new shopper's event every
    ``1 / --writes-per-second`` seconds meanwhile (each write publishes a new generation).
-4. Per call and pause: requests, errors (any status but 200, or a failed connection),
+4. The same load in-process, without HTTP (``threads``): a child process set up as the
+   server is (one compute thread per request), ``--clients`` threads calling the
+   workspace with the same mix and pauses for ``--seconds``, and the same writer calling
+   ``add_events``. This is the like-for-like comparison: the queue of 8 callers on 2 cores
+   is in both, so the ratio measures what HTTP and the service add.
+5. Per call and pause: requests, errors (any status but 200, or a failed connection),
    throughput, p50/p99 over HTTP, and the ratio of the HTTP p99 to the in-process p99
-   paced the same way (``ratio``) and back to back (``idle ratio``); the server's own
-   ``/metrics`` request count as a cross-check.
+   under the same concurrent load (``threads ratio``), paced the same way one call at a
+   time (``ratio``) and back to back (``idle ratio``); the server's own ``/metrics``
+   request count as a cross-check.
 
 Clients and server share this machine's cores, as they would on a 2-core box: with no
 pause, 8 clients on 2 cores queue by construction (Little's law: p50 >= 8 x the CPU time
@@ -127,6 +133,83 @@ def in_process(
     return times
 
 
+def in_process_threads(
+    path: Path, users: list[str], clients: int, seconds: float, think: float, args
+) -> dict[str, list[float]]:
+    """The HTTP load without HTTP, in a child process set up as ``profiler serve`` is:
+    ``clients`` threads calling the workspace (same mix, same pauses) for ``seconds``
+    while one thread adds an event every ``1 / writes_per_second`` s."""
+    import json
+
+    command = [sys.executable, __file__, "--threads-child", str(path), "--think-ms", f"{think:g}"]
+    command += ["--clients", str(clients), "--seconds", f"{seconds:g}", "--seed", str(args.seed)]
+    command += ["--writes-per-second", f"{args.writes_per_second:g}", "--users", ",".join(users)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def threads_child(args) -> int:
+    """``--threads-child``: the body of :func:`in_process_threads`; prints one JSON line."""
+    import json
+
+    import pandas as pd
+
+    from profiler.service.app import one_thread_per_request
+    from profiler.workspace import Workspace
+
+    one_thread_per_request()
+    users = args.users.split(",")
+    think = float(args.think_ms)
+    ws = Workspace.open(args.threads_child, show_progress_bar=False)
+    for query in QUERIES:  # warm as the server is warmed
+        ws.search(query, k=10)
+        ws.recommend(history=[query], k=10)
+    for user in users[:20]:
+        ws.recommend(user, k=10)
+    names, weights = zip(*MIX)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    lock = threading.Lock()
+    stop = time.monotonic() + args.seconds
+
+    def client(number: int) -> None:
+        rng = random.Random(args.seed * 1000 + number)
+        while time.monotonic() < stop:
+            call = rng.choices(names, weights)[0]
+            started = time.perf_counter()
+            if call == "recommend (known)":
+                ws.recommend(rng.choice(users), k=10)
+            elif call == "recommend (one text)":
+                ws.recommend(history=[rng.choice(QUERIES)], k=10)
+            else:
+                ws.search(rng.choice(QUERIES), k=10)
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                times[call].append(elapsed)
+            if think:
+                time.sleep(rng.uniform(0, 2 * think) / 1000)
+
+    def writer() -> None:
+        n = 0
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            event = {"user_id": f"threads-{think:g}-{n}", "timestamp": 1.7e9 + n}
+            event.update(kind="search", text=QUERIES[n % len(QUERIES)])
+            ws.add_events(pd.DataFrame([event]))
+            n += 1
+            time.sleep(max(0.0, 1.0 / args.writes_per_second - (time.perf_counter() - started)))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    if args.writes_per_second > 0:
+        threads.append(threading.Thread(target=writer))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ws.close()
+    print(json.dumps(times))
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -213,8 +296,8 @@ def drive(url: str, users: list[str], args, think: float) -> tuple[dict, list[st
 def format_table(rows: list[dict]) -> str:
     header = (
         f"{'think':>5} {'call':<22} {'n':>5} {'errors':>6} {'req/s':>6} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'local p50':>9} {'local p99':>9} {'ratio':>6} {'idle p99':>8} "
-        f"{'ratio':>6}"
+        f"{'p99 ms':>7} {'threads p99':>11} {'ratio':>6} {'local p99':>9} {'ratio':>6} "
+        f"{'idle p99':>8} {'ratio':>6}"
     )
     lines = [header, "-" * len(header)]
 
@@ -225,9 +308,9 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"{row['think_ms']:>5.0f} {row['call']:<22} {row['requests']:>5} {row['errors']:>6} "
             f"{row['per_second']:>6.1f} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f} "
-            f"{row['in_process_p50_ms']:>9.1f} {row['in_process_p99_ms']:>9.1f} "
-            f"{ratio(row['p99_ratio']):>6} {row['idle_p99_ms']:>8.1f} "
-            f"{ratio(row['p99_ratio_vs_idle']):>6}"
+            f"{row['threads_p99_ms']:>11.1f} {ratio(row['p99_ratio_vs_threads']):>6} "
+            f"{row['in_process_p99_ms']:>9.1f} {ratio(row['p99_ratio']):>6} "
+            f"{row['idle_p99_ms']:>8.1f} {ratio(row['p99_ratio_vs_idle']):>6}"
         )
     return "\n".join(lines)
 
@@ -250,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-threads", type=int, help="profiler serve --threads")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--threads-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--users", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads_child is not None:
+        return threads_child(args)
     if not (args.workspace / "CURRENT").is_file():
         raise SystemExit(f"{args.workspace}: no workspace; run `make demo` first")
 
@@ -269,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         for think in thinks:
             print(f"in-process, think {think:g} ms, no writes")
             local[think] = in_process(local_path, users, args.in_process, args.seed, think, 0.0)
+        threaded = {}
+        for think in thinks:
+            print(
+                f"in-process, {args.clients} threads for {args.seconds:.0f} s, "
+                f"{args.writes_per_second:g} writes/s, think {think:g} ms"
+            )
+            threaded[think] = in_process_threads(
+                local_path, users, args.clients, args.seconds, think, args
+            )
         port = free_port()
         server = start_server(path, port, args.server_threads)
         url = f"http://127.0.0.1:{port}"
@@ -296,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, failures = [], []
     for think, samples, failed in runs:
-        rows += summarise(samples, local[think], idle, think, args.seconds)
+        rows += summarise(samples, local[think], idle, threaded[think], think, args.seconds)
         failures += failed
     sent = sum(r["requests"] for r in rows)
     print(format_table(rows))
@@ -324,12 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarise(samples: dict, local: dict, idle: dict, think: float, seconds: float) -> list[dict]:
+def summarise(
+    samples: dict, local: dict, idle: dict, threaded: dict, think: float, seconds: float
+) -> list[dict]:
     rows = []
     for call, measured in samples.items():
         times = [t for t, _ in measured]
         p99 = percentile(times, 99)
-        same, alone = local.get(call), idle.get(call)
+        same, alone, loaded = local.get(call), idle.get(call), threaded.get(call)
         rows.append(
             {
                 "think_ms": think,
@@ -342,6 +440,9 @@ def summarise(samples: dict, local: dict, idle: dict, think: float, seconds: flo
                 "in_process_p50_ms": percentile(same, 50) if same else float("nan"),
                 "in_process_p99_ms": percentile(same, 99) if same else float("nan"),
                 "p99_ratio": p99 / percentile(same, 99) if same else None,
+                "threads_p50_ms": percentile(loaded, 50) if loaded else float("nan"),
+                "threads_p99_ms": percentile(loaded, 99) if loaded else float("nan"),
+                "p99_ratio_vs_threads": p99 / percentile(loaded, 99) if loaded else None,
                 "idle_p99_ms": percentile(alone, 99) if alone else float("nan"),
                 "p99_ratio_vs_idle": p99 / percentile(alone, 99) if alone else None,
             }
