@@ -277,12 +277,21 @@ def _parser() -> argparse.ArgumentParser:
     train_sentiment = commands.add_parser(
         "train-sentiment", help="fine-tune the review sentiment model on star-rated reviews"
     )
-    train_sentiment.add_argument("--workspace", required=True, type=Path)
+    train_sentiment.add_argument(
+        "--workspace",
+        required=True,
+        type=Path,
+        help="a built workspace, or any other directory: a text-only model (needs --data)",
+    )
     train_sentiment.add_argument(
         "--data", type=Path, help="file of rated reviews; default: the workspace's reviews"
     )
     train_sentiment.add_argument("--text-column", default="text")
-    train_sentiment.add_argument("--rating-column", default="rating")
+    train_sentiment.add_argument(
+        "--rating-column",
+        default="rating",
+        help="stars 1-5, or polarity: 1/0 or pos/neg (trained as 5 and 1 stars)",
+    )
     train_sentiment.add_argument("--group-column", help="user column, so no user is in two splits")
     train_sentiment.add_argument("--model", help="base encoder: bundled name or local folder")
     train_sentiment.add_argument("--epochs", type=int, default=2)
@@ -804,8 +813,10 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 def cmd_train_sentiment(args: argparse.Namespace) -> int:
-    ws = Workspace.open(args.workspace, show_progress_bar=False)
-    report = ws.train_sentiment(
+    from profiler.sentiment import train_text_only
+    from profiler.tags.standalone import is_workspace
+
+    settings = dict(
         data=args.data,
         text_column=args.text_column,
         rating_column=args.rating_column,
@@ -815,6 +826,18 @@ def cmd_train_sentiment(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         seed=args.seed,
     )
+    if is_workspace(args.workspace):
+        ws = Workspace.open(args.workspace, show_progress_bar=False)
+        report = ws.train_sentiment(**settings)
+        where = ws.sentiment_dir
+    else:  # a text-only model: no catalogue needed
+        if args.data is None:
+            raise ValueError(
+                f"{args.workspace}: holds no workspace, so --data FILE (labelled reviews) is "
+                "needed to train a text-only sentiment model"
+            )
+        _, report = train_text_only(args.workspace, **settings)
+        where = args.workspace / "sentiment"
     if args.json:
         print(json.dumps(report))
     else:
@@ -822,16 +845,20 @@ def cmd_train_sentiment(args: argparse.Namespace) -> int:
         for name, row in report["systems"].items():
             values = f"{row['accuracy']:9.4f} {row['mae']:6.3f} {row['roc_auc_negative']:17.4f}"
             print(f"{name:10s} {values}")
-    logger.info("saved the sentiment model to %s", ws.sentiment_dir)
+    logger.info("saved the sentiment model to %s", where)
     return 0
 
 
 def cmd_sentiment(args: argparse.Namespace) -> int:
-    from profiler.sentiment import summarise
+    from profiler.sentiment import open_text_only, summarise
+    from profiler.tags.standalone import is_workspace
 
-    ws = Workspace.open(args.workspace, show_progress_bar=False)
+    if is_workspace(args.workspace):
+        model = Workspace.open(args.workspace, show_progress_bar=False).sentiment
+    else:
+        model = open_text_only(args.workspace)
     texts = args.text if args.text is not None else _read_user_file(args.texts)
-    probs = ws.sentiment.predict_proba(texts)
+    probs = model.predict_proba(texts)
     for text, row, rating, negative in zip(texts, probs, *summarise(probs)):
         if args.json:
             record = {

@@ -12,6 +12,12 @@ expected rating feeds the profile's rating factor where a review has no rating o
 :func:`evaluate_sentiment` compares it with VADER (``vaderSentiment``, a lexicon and rules;
 its compound score) and a majority baseline on held-out reviews: 5-class accuracy, the
 mean absolute rating error, and ROC-AUC of negative (1-2 stars) against positive (4-5).
+
+Labelled files (:func:`rated_file`) carry star ratings, or polarity labels: a column of
+only 0 and 1, or ``pos``/``positive``/``neg``/``negative``, trains positive as 5 stars and
+negative as 1. A directory that holds no workspace gets a text-only model in
+``DIR/sentiment/`` (:func:`train_text_only`, :func:`open_text_only`): ``profiler
+train-sentiment`` and ``profiler sentiment`` need no catalogue.
 """
 
 from __future__ import annotations
@@ -27,7 +33,16 @@ from profiler.storage import write_json
 from profiler.tags.classifier import TagClassifier
 from profiler.tags.taxonomy import Tag, Taxonomy
 
-__all__ = ["RATINGS", "SentimentModel", "evaluate_sentiment", "summarise", "vader_scores"]
+__all__ = [
+    "RATINGS",
+    "SentimentModel",
+    "evaluate_sentiment",
+    "open_text_only",
+    "rated_file",
+    "summarise",
+    "train_text_only",
+    "vader_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +51,10 @@ RATINGS = (1, 2, 3, 4, 5)
 #: Most training reviews used (a stratified sample of the training users' reviews beyond
 #: this): on 2 CPU cores each fine-tuning epoch over 3,000 reviews takes a few minutes.
 MAX_TRAIN = 3000
+#: Polarity labels a labelled file may use instead of stars, and the stars they train as.
+POLARITY = {"pos": 5, "positive": 5, "neg": 1, "negative": 1}
+#: Where a directory without a workspace keeps its text-only sentiment model.
+TEXT_ONLY_DIR = "sentiment"
 
 
 class SentimentModel:
@@ -127,6 +146,93 @@ class SentimentModel:
                 f"{directory}: no sentiment model; run `profiler train-sentiment`"
             )
         return cls(TagClassifier.load(directory, device=device))
+
+
+def rated_file(
+    data: str | os.PathLike[str],
+    text_column: str = "text",
+    rating_column: str = "rating",
+    group_column: str | None = None,
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts, star ratings (NaN where a row has none) and groups (``group_column``, else
+    one per row) of a labelled file. Polarity labels become stars: a column of only 0 and
+    1 (with a 0) or of :data:`POLARITY` words trains positive as 5 and negative as 1."""
+    import pandas as pd
+
+    from profiler.data import iter_rows
+
+    rows = list(iter_rows(data))
+    for number, row in enumerate(rows[:1], start=1):
+        missing = [c for c in (text_column, rating_column) if c not in row]
+        if missing:
+            raise ValueError(f"{data}: row {number} has no column {missing[0]!r}")
+    texts = [str(r.get(text_column) or "") for r in rows]
+    raw = [r.get(rating_column) for r in rows]
+    words = [POLARITY.get(v.strip().lower()) if isinstance(v, str) else None for v in raw]
+    numbers = np.array([pd.to_numeric(v, errors="coerce") for v in raw], dtype=np.float64)
+    ratings = np.where([w is not None for w in words], [w or 0 for w in words], numbers)
+    values = set(numbers[np.isfinite(numbers)].tolist())
+    if values and values <= {0.0, 1.0} and 0.0 in values:
+        logger.info("%s: %s holds only 0 and 1: training 1 as 5 stars, 0 as 1", data, rating_column)
+        binary = np.isfinite(numbers)
+        ratings[binary] = np.where(numbers[binary] == 1.0, 5.0, 1.0)
+    groups = [str(r.get(group_column)) if group_column else f"row-{n}" for n, r in enumerate(rows)]
+    return texts, ratings, groups
+
+
+def train_text_only(
+    directory: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str],
+    text_column: str = "text",
+    rating_column: str = "rating",
+    group_column: str | None = None,
+    model: str | os.PathLike[str] | None = None,
+    epochs: int = 2,
+    max_length: int = 256,
+    seed: int = 0,
+) -> tuple[SentimentModel, dict]:
+    """Train a sentiment model on the labelled file ``data`` into ``directory``/sentiment
+    (the directory is created if missing; one that holds a built workspace is refused).
+    A retrain is staged beside the old model and swapped in when complete."""
+    import shutil
+    import tempfile
+
+    from profiler.storage import replace_directory
+    from profiler.tags.standalone import is_workspace
+
+    directory = Path(directory)
+    if is_workspace(directory):
+        raise ValueError(
+            f"{directory}: holds a built workspace; `profiler train-sentiment` trains its "
+            "model in place (a text-only model needs a directory of its own)"
+        )
+    texts, ratings, groups = rated_file(data, text_column, rating_column, group_column)
+    model_, report = SentimentModel.train(
+        texts, ratings, groups, base_model=model, epochs=epochs, max_length=max_length, seed=seed
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sentiment-", dir=directory))
+    try:
+        model_.save(staging, {**report, "data": str(data)})
+        replace_directory(staging, directory / TEXT_ONLY_DIR)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("trained a text-only sentiment model in %s", directory / TEXT_ONLY_DIR)
+    return model_, report
+
+
+def open_text_only(directory: str | os.PathLike[str]) -> SentimentModel:
+    """The text-only sentiment model of ``directory`` (``FileNotFoundError`` saying what
+    to run when there is none)."""
+    folder = Path(directory) / TEXT_ONLY_DIR
+    if not (folder / "head.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{directory}: no workspace and no sentiment model; run `profiler train-sentiment "
+            f"--workspace {directory} --data FILE` first"
+        )
+    return SentimentModel.load(folder)
 
 
 def summarise(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -398,25 +398,15 @@ class Workspace:
         seed: int = 0,
     ) -> dict:
         """Fine-tune the sentiment model (:mod:`profiler.sentiment`) on star-rated
-        reviews: the workspace's own by default, or a file with text and rating columns.
+        reviews: the workspace's own by default, or a file with text and rating columns
+        (stars, or polarity labels: :func:`profiler.sentiment.rated_file`).
         Saves it to ``models/sentiment/``; then every review here without a rating of its
         own gets the predicted one (``rating_predicted``) and profiles are refitted.
         Returns the test report (model, VADER, majority)."""
-        from profiler.sentiment import SentimentModel
+        from profiler.sentiment import SentimentModel, rated_file
 
         if data is not None:
-            from profiler.data import iter_rows
-
-            rows = list(iter_rows(data))
-            for number, row in enumerate(rows[:1], start=1):
-                missing = [c for c in (text_column, rating_column) if c not in row]
-                if missing:
-                    raise ValueError(f"{data}: row {number} has no column {missing[0]!r}")
-            texts = [str(r.get(text_column) or "") for r in rows]
-            ratings = [pd.to_numeric(r.get(rating_column), errors="coerce") for r in rows]
-            groups = [
-                str(r.get(group_column)) if group_column else f"row-{n}" for n, r in enumerate(rows)
-            ]
+            texts, ratings, groups = rated_file(data, text_column, rating_column, group_column)
         else:
             rated = self.events[self._own_rating()]
             texts, ratings = list(rated["text"]), list(rated["rating"])

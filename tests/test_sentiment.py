@@ -191,3 +191,47 @@ def test_sentiment_defaults_on_bundled_reviews():
     assert systems["model"]["roc_auc_negative"] >= 0.90
     assert systems["model"]["roc_auc_negative"] > systems["vader"]["roc_auc_negative"]
     assert systems["model"]["accuracy"] > systems["majority"]["accuracy"]
+
+
+def test_rated_file_reads_stars_and_polarity_labels(tmp_path):
+    from profiler.sentiment import rated_file
+
+    stars = tmp_path / "stars.csv"
+    pd.DataFrame({"text": ["a", "b", "c"], "rating": [5, 1, ""]}).to_csv(stars, index=False)
+    texts, ratings, groups = rated_file(stars)
+    assert texts == ["a", "b", "c"] and ratings[:2].tolist() == [5.0, 1.0]
+    assert np.isnan(ratings[2]) and groups == ["row-0", "row-1", "row-2"]
+    binary = tmp_path / "binary.csv"  # 1 = positive, 0 = negative: no star is 0
+    pd.DataFrame({"t": ["好", "差", "好"], "y": [1, 0, 1]}).to_csv(binary, index=False)
+    assert rated_file(binary, "t", "y")[1].tolist() == [5.0, 1.0, 5.0]
+    words = tmp_path / "words.jsonl"
+    words.write_text('{"t": "x", "y": "Positive"}\n{"t": "y", "y": "neg"}\n', encoding="utf-8")
+    assert rated_file(words, "t", "y")[1].tolist() == [5.0, 1.0]
+    with pytest.raises(ValueError, match="row 1 has no column 'stars'"):
+        rated_file(stars, rating_column="stars")
+
+
+def test_text_only_sentiment_needs_no_catalogue(e5, chinese_reviews, tmp_path, capsys):
+    """train-sentiment and sentiment on a directory without a workspace: a tiny real
+    Chinese fine-tune of multilingual-e5-small, labels 1 (positive) / 0 (negative)."""
+    from profiler import cli
+
+    sample = chinese_reviews[chinese_reviews["text"].str.len().between(8, 60)]
+    sample = sample.groupby("label").head(80).sample(frac=1.0, random_state=0)
+    data = tmp_path / "reviews.csv"
+    sample[["text", "label"]].to_csv(data, index=False)
+    directory = tmp_path / "zh-sentiment"  # a new directory: no workspace, no catalogue
+    argv = ["train-sentiment", "--workspace", str(directory), "--data", str(data)]
+    options = ["--rating-column", "label", "--model", "multilingual-e5-small", "--epochs", "1"]
+    assert cli.main([*argv, *options, "--max-length", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["train_reviews"] > 50 and "model" in report["systems"]
+    assert (directory / "sentiment" / "head.safetensors").is_file()
+    texts = ["质量非常好，很满意，下次还买", "太差了，用了一天就坏了，退货"]
+    query = ["sentiment", "--workspace", str(directory), "--json"]
+    assert cli.main([*query, "--text", texts[0], "--text", texts[1]]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["text"] for a in answers] == texts
+    assert answers[1]["negative"] > answers[0]["negative"]
+    assert cli.main(["train-sentiment", "--workspace", str(tmp_path / "empty")]) == 2
+    assert "--data FILE" in capsys.readouterr().err
