@@ -198,6 +198,15 @@ def threads_child(args) -> int:
             n += 1
             time.sleep(max(0.0, 1.0 / args.writes_per_second - (time.perf_counter() - started)))
 
+    run_clients(client, writer, args)
+    ws.close()
+    print(json.dumps(times))
+    return 0
+
+
+def run_clients(client, writer, args) -> None:
+    """``args.clients`` threads running ``client(number)`` and, when writes are asked
+    for, one running ``writer()``; returns when all have finished."""
     threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
     if args.writes_per_second > 0:
         threads.append(threading.Thread(target=writer))
@@ -205,9 +214,6 @@ def threads_child(args) -> int:
         thread.start()
     for thread in threads:
         thread.join()
-    ws.close()
-    print(json.dumps(times))
-    return 0
 
 
 def free_port() -> int:
@@ -283,13 +289,7 @@ def drive(url: str, users: list[str], args, think: float) -> tuple[dict, list[st
                 n += 1
                 time.sleep(max(0.0, 1.0 / args.writes_per_second - (time.perf_counter() - started)))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-    if args.writes_per_second > 0:
-        threads.append(threading.Thread(target=writer))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_clients(client, writer, args)
     return samples, failures
 
 

@@ -34,6 +34,16 @@ FLAGS = [
 ]
 
 
+def open_page(p, url: str) -> tuple:
+    """Debian's Chromium on the explorer page; the page's script errors collect in a list."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    return browser, page, errors
+
+
 @pytest.fixture
 def artifacts() -> Path:
     root = Path(os.environ.get("PROFILER_TEST_ARTIFACTS", "test-artifacts"))
@@ -54,11 +64,7 @@ def test_look_up_a_shopper_give_feedback_and_see_the_list_change(workspace, tiny
     _, events = tiny_frames
     user = events["user_id"].iloc[0]
     with live_server(create_app(workspace)) as url, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 1400})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url + "/")
+        browser, page, errors = open_page(p, url)
         assert page.title() == "interest-profiler explorer"
 
         page.fill("#user-id", user)
@@ -119,11 +125,7 @@ def chinese(zh_workspace, tmp_path):
 
 def test_chinese_shoppers_and_texts_show_in_chinese(chinese, artifacts):
     with live_server(create_app(chinese)) as url, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 1400})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url + "/")
+        browser, page, errors = open_page(p, url)
 
         page.fill("#user-id", "u01")
         page.click("#lookup")
