@@ -176,6 +176,19 @@ def rated_file(
         logger.info("%s: %s holds only 0 and 1: training 1 as 5 stars, 0 as 1", data, rating_column)
         binary = np.isfinite(numbers)
         ratings[binary] = np.where(numbers[binary] == 1.0, 5.0, 1.0)
+    given = np.array([v is not None and str(v).strip() != "" for v in raw])
+    unusable = np.flatnonzero(given & ~np.isin(ratings, RATINGS))
+    if len(unusable):  # kept out of training, said once with the first row and its value
+        first = int(unusable[0])
+        logger.warning(
+            "%s: %d rows have a %s that is not a star rating 1-5 or a polarity label, "
+            "and are not trained on (first: row %d, %r)",
+            data,
+            len(unusable),
+            rating_column,
+            first + 1,
+            raw[first],
+        )
     groups = [str(r.get(group_column)) if group_column else f"row-{n}" for n, r in enumerate(rows)]
     return texts, ratings, groups
 

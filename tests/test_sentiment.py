@@ -193,7 +193,7 @@ def test_sentiment_defaults_on_bundled_reviews():
     assert systems["model"]["accuracy"] > systems["majority"]["accuracy"]
 
 
-def test_rated_file_reads_stars_and_polarity_labels(tmp_path):
+def test_rated_file_reads_stars_and_polarity_labels(tmp_path, caplog):
     from profiler.sentiment import rated_file
 
     stars = tmp_path / "stars.csv"
@@ -209,6 +209,12 @@ def test_rated_file_reads_stars_and_polarity_labels(tmp_path):
     assert rated_file(words, "t", "y")[1].tolist() == [5.0, 1.0]
     with pytest.raises(ValueError, match="row 1 has no column 'stars'"):
         rated_file(stars, rating_column="stars")
+    odd = tmp_path / "odd.csv"
+    pd.DataFrame({"text": ["a", "b", "c"], "rating": ["4", "five", "7"]}).to_csv(odd, index=False)
+    with caplog.at_level("WARNING", logger="profiler.sentiment"):
+        assert rated_file(odd)[1][0] == 4.0
+    assert "odd.csv: 2 rows have a rating that is not a star rating" in caplog.text
+    assert "(first: row 2, 'five')" in caplog.text
 
 
 def test_text_only_sentiment_needs_no_catalogue(e5, chinese_reviews, tmp_path, capsys):
