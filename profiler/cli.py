@@ -813,7 +813,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 def cmd_train_sentiment(args: argparse.Namespace) -> int:
-    from profiler.sentiment import train_text_only
+    from profiler.sentiment import TEXT_ONLY_DIR, train_text_only
     from profiler.tags.standalone import is_workspace
 
     settings = dict(
@@ -837,7 +837,7 @@ def cmd_train_sentiment(args: argparse.Namespace) -> int:
                 "needed to train a text-only sentiment model"
             )
         _, report = train_text_only(args.workspace, **settings)
-        where = args.workspace / "sentiment"
+        where = args.workspace / TEXT_ONLY_DIR
     if args.json:
         print(json.dumps(report))
     else:
