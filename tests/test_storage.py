@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from profiler.storage import atomic_path, read_json, save_npy, write_json
+from profiler.storage import atomic_path, read_json, replacing, save_npy, write_json
 
 
 def test_failed_write_keeps_previous_version(tmp_path):
@@ -29,3 +29,18 @@ def test_read_json_names_the_file(tmp_path):
         read_json(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         read_json(tmp_path / "missing.json")
+
+
+def test_replacing_swaps_a_whole_directory_in_or_leaves_the_old_one(tmp_path):
+    target = tmp_path / "models" / "tags"
+    with replacing(target) as staging:  # the parent is created
+        (staging / "a.json").write_text("1")
+    assert (target / "a.json").read_text() == "1"
+    with pytest.raises(RuntimeError, match="half-written"), replacing(target) as staging:
+        (staging / "a.json").write_text("2")
+        raise RuntimeError("half-written")
+    assert (target / "a.json").read_text() == "1"  # untouched, and no staging left behind
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tags"]
+    with replacing(target) as staging:
+        (staging / "b.json").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["b.json"]

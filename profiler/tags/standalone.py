@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler.storage import read_json, replace_directory, write_json
+from profiler.storage import read_json, replacing, write_json
 
 __all__ = ["TextTagger", "is_workspace"]
 
@@ -91,8 +89,7 @@ class TextTagger:
         )
         directory.mkdir(parents=True, exist_ok=True)
         embedder = Embedder(model, cache_dir=directory / "embeddings", show_progress_bar=False)
-        staging = Path(tempfile.mkdtemp(prefix=".tags-", dir=directory))
-        try:
+        with replacing(directory / "tags") as staging:
             tagger, report = train_tags(
                 examples,
                 vocabulary,
@@ -105,10 +102,6 @@ class TextTagger:
                 learning_rate=learning_rate,
                 seed=seed,
             )
-            replace_directory(staging, directory / "tags")
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         default = next(r for r in report if r.get("default") and r["level"] == "text")
         meta = {
             "model": str(model) if model is not None else None,
