@@ -612,33 +612,21 @@ class Workspace:
         tags) and honour her pinned and removed tags.
         """
         from profiler.tags.taxonomy import category_tag
-        from profiler.tags.users import aggregate_tags
+        from profiler.tags.users import aggregate_tags, text_tags
 
         if (user is None) == (texts is None):
             raise ValueError("pass exactly one of user= or texts=")
-        if user is not None:
-            user = self.stored_id(user)  # an unknown shopper first, then a missing model
+        if user is None:
+            return text_tags(self.tag_model, texts, top=top)
+        user = self.stored_id(user)  # an unknown shopper first, then a missing model
         model = self.tag_model
         names = model.taxonomy.names
-        if user is not None:
-            events = self.user_events(user)
-            builder = ProfileBuilder(self.profile_config)
-            evidence = event_evidence(builder, events, self.item_index, self.event_vectors)
-            weights = evidence.weights * builder.decay(
-                evidence.timestamps.max() - evidence.timestamps
-            )
-            overrides = self.tag_overrides()
-            pinned, removed = overrides.pinned(user), overrides.removed(user)
-        else:
-            texts = [texts] if isinstance(texts, str) else list(texts)
-            texts = [t for t in texts if isinstance(t, str) and t.strip()]
-            if not texts:
-                raise ValueError("texts must hold at least one non-empty text")
-            events = pd.DataFrame(
-                {"kind": "search", "item_id": "", "timestamp": 0.0, "text": texts}
-            )
-            weights = np.ones(len(texts))
-            pinned, removed = [], []
+        events = self.user_events(user)
+        builder = ProfileBuilder(self.profile_config)
+        evidence = event_evidence(builder, events, self.item_index, self.event_vectors)
+        weights = evidence.weights * builder.decay(evidence.timestamps.max() - evidence.timestamps)
+        overrides = self.tag_overrides()
+        pinned, removed = overrides.pinned(user), overrides.removed(user)
         probs = np.zeros((len(events), len(names)))
         has_text = (events["text"] != "").to_numpy()
         if has_text.any():
@@ -651,9 +639,7 @@ class Workspace:
         tags = aggregate_tags(
             events, probs, weights, names, top=top, pinned=pinned, removed=removed
         )
-        if user is not None:
-            tags += self._typed_tags(events, weights, removed)
-        return tags
+        return tags + self._typed_tags(events, weights, removed)
 
     def _typed_tags(self, events: pd.DataFrame, weights: np.ndarray, removed) -> list:
         """Brand, price-band and style tags from the items of her events (see

@@ -22,9 +22,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from profiler.storage import read_json, replacing, write_json
 
 __all__ = ["TextTagger", "is_workspace"]
@@ -152,13 +149,6 @@ class TextTagger:
     def tags(self, texts: Sequence[str] | str, *, top: int = 5) -> list:
         """Tags of the texts taken together (one shopper's texts), with confidence and
         the texts behind each (:class:`profiler.tags.users.UserTag`)."""
-        from profiler.tags.users import aggregate_tags
+        from profiler.tags.users import text_tags
 
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        texts = [t for t in texts if isinstance(t, str) and t.strip()]
-        if not texts:
-            raise ValueError("texts must hold at least one non-empty text")
-        events = pd.DataFrame({"kind": "search", "item_id": "", "timestamp": 0.0, "text": texts})
-        probs = self.model.predict_proba(texts)
-        names = self.model.taxonomy.names
-        return aggregate_tags(events, probs, np.ones(len(texts)), names, top=top)
+        return text_tags(self.model, texts, top=top)

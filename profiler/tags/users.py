@@ -26,7 +26,7 @@ import pandas as pd
 from profiler.storage import read_json, write_json
 from profiler.text import shorten
 
-__all__ = ["Evidence", "TagOverrides", "UserTag", "aggregate_tags"]
+__all__ = ["Evidence", "TagOverrides", "UserTag", "aggregate_tags", "text_tags"]
 
 SNIPPET = 100
 
@@ -194,3 +194,16 @@ class TagOverrides:
     def save(self, path: str | os.PathLike[str] | None = None) -> None:
         """Write the overrides to ``path`` (default: where they were read from)."""
         write_json(self.path if path is None else path, self.users)
+
+
+def text_tags(model, texts: Sequence[str] | str, *, top: int = 5) -> list[UserTag]:
+    """Tags of free texts taken together (one anonymous shopper's), from ``model`` (a
+    :class:`~profiler.tags.training.TagModel`): each text an event of weight 1, its own
+    evidence. ``ValueError`` when no text is left once blank ones are dropped."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError("texts must hold at least one non-empty text")
+    events = pd.DataFrame({"kind": "search", "item_id": "", "timestamp": 0.0, "text": texts})
+    probs = model.predict_proba(texts)
+    return aggregate_tags(events, probs, np.ones(len(texts)), model.taxonomy.names, top=top)
