@@ -80,6 +80,32 @@ def request_for(call: str, rng: random.Random, users: list[str]) -> tuple[str, d
     return "/search", {"query": rng.choice(QUERIES), "k": 10}
 
 
+def call_workspace(ws, call: str, rng: random.Random, users: list[str]) -> None:
+    """One call of the mix on the workspace itself (what :func:`request_for` sends)."""
+    if call == "recommend (known)":
+        ws.recommend(rng.choice(users), k=10)
+    elif call == "recommend (one text)":
+        ws.recommend(history=[rng.choice(QUERIES)], k=10)
+    else:
+        ws.search(rng.choice(QUERIES), k=10)
+
+
+def warm(ws, users: list[str]) -> None:
+    """Every query's shapes once (new input shapes compile kernels) and 20 known shoppers,
+    as the server is warmed over HTTP."""
+    for query in QUERIES:
+        ws.search(query, k=10)
+        ws.recommend(history=[query], k=10)
+    for user in users[:20]:
+        ws.recommend(user, k=10)
+
+
+def search_event(prefix: str, n: int) -> dict:
+    """The ``n``-th event a writer adds: a new shopper's search."""
+    text = QUERIES[n % len(QUERIES)]
+    return {"user_id": f"{prefix}-{n}", "timestamp": 1.7e9 + n, "kind": "search", "text": text}
+
+
 def in_process(
     path: Path, users: list[str], n: int, seed: int, think: float, writes_per_second: float
 ) -> dict[str, list[float]]:
@@ -90,16 +116,7 @@ def in_process(
 
     ws = Workspace.open(path, show_progress_bar=False)
     rng = random.Random(seed)
-    calls = {
-        "recommend (known)": lambda: ws.recommend(rng.choice(users), k=10),
-        "recommend (one text)": lambda: ws.recommend(history=[rng.choice(QUERIES)], k=10),
-        "search": lambda: ws.search(rng.choice(QUERIES), k=10),
-    }
-    for query in QUERIES:  # warm: every query's shapes (new input shapes compile kernels)
-        ws.search(query, k=10)
-        ws.recommend(history=[query], k=10)
-    for user in users[:20]:
-        ws.recommend(user, k=10)
+    warm(ws, users)
     stop = threading.Event()
 
     def writer() -> None:
@@ -107,9 +124,7 @@ def in_process(
 
         written = 0
         while not stop.wait(1.0 / writes_per_second):
-            event = {"user_id": f"local-{think:g}-{written}", "timestamp": 1.7e9 + written}
-            event.update(kind="search", text=QUERIES[written % len(QUERIES)])
-            ws.add_events(pd.DataFrame([event]))
+            ws.add_events(pd.DataFrame([search_event(f"local-{think:g}", written)]))
             written += 1
 
     thread = threading.Thread(target=writer) if writes_per_second > 0 else None
@@ -121,7 +136,7 @@ def in_process(
         for _ in range(n):
             name = rng.choices(names, weights)[0]
             started = time.perf_counter()
-            calls[name]()
+            call_workspace(ws, name, rng, users)
             times[name].append((time.perf_counter() - started) * 1000)
             if think:
                 time.sleep(rng.uniform(0, 2 * think) / 1000)
@@ -161,11 +176,7 @@ def threads_child(args) -> int:
     users = args.users.split(",")
     think = float(args.think_ms)
     ws = Workspace.open(args.threads_child, show_progress_bar=False)
-    for query in QUERIES:  # warm as the server is warmed
-        ws.search(query, k=10)
-        ws.recommend(history=[query], k=10)
-    for user in users[:20]:
-        ws.recommend(user, k=10)
+    warm(ws, users)
     names, weights = zip(*MIX)
     times: dict[str, list[float]] = {name: [] for name in names}
     lock = threading.Lock()
@@ -176,12 +187,7 @@ def threads_child(args) -> int:
         while time.monotonic() < stop:
             call = rng.choices(names, weights)[0]
             started = time.perf_counter()
-            if call == "recommend (known)":
-                ws.recommend(rng.choice(users), k=10)
-            elif call == "recommend (one text)":
-                ws.recommend(history=[rng.choice(QUERIES)], k=10)
-            else:
-                ws.search(rng.choice(QUERIES), k=10)
+            call_workspace(ws, call, rng, users)
             elapsed = (time.perf_counter() - started) * 1000
             with lock:
                 times[call].append(elapsed)
@@ -192,9 +198,7 @@ def threads_child(args) -> int:
         n = 0
         while time.monotonic() < stop:
             started = time.perf_counter()
-            event = {"user_id": f"threads-{think:g}-{n}", "timestamp": 1.7e9 + n}
-            event.update(kind="search", text=QUERIES[n % len(QUERIES)])
-            ws.add_events(pd.DataFrame([event]))
+            ws.add_events(pd.DataFrame([search_event(f"threads-{think:g}", n)]))
             n += 1
             time.sleep(max(0.0, 1.0 / args.writes_per_second - (time.perf_counter() - started)))
 
@@ -272,12 +276,7 @@ def drive(url: str, users: list[str], args, think: float) -> tuple[dict, list[st
         with httpx.Client(base_url=url, timeout=120) as http:
             n = 0
             while time.monotonic() < stop:
-                event = {
-                    "user_id": f"bench-shopper-{n}",
-                    "timestamp": 1.7e9 + n,
-                    "kind": "search",
-                    "text": QUERIES[n % len(QUERIES)],
-                }
+                event = search_event("bench-shopper", n)
                 started = time.perf_counter()
                 try:
                     answer = http.post("/events", json={"events": [event]})

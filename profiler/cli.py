@@ -814,7 +814,6 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 def cmd_train_sentiment(args: argparse.Namespace) -> int:
     from profiler.sentiment import TEXT_ONLY_DIR, train_text_only
-    from profiler.tags.standalone import is_workspace
 
     settings = dict(
         data=args.data,
@@ -851,7 +850,6 @@ def cmd_train_sentiment(args: argparse.Namespace) -> int:
 
 def cmd_sentiment(args: argparse.Namespace) -> int:
     from profiler.sentiment import open_text_only, summarise
-    from profiler.tags.standalone import is_workspace
 
     if is_workspace(args.workspace):
         model = Workspace.open(args.workspace, show_progress_bar=False).sentiment
