@@ -114,6 +114,7 @@ def _known(ws, user) -> bool:
     return True
 
 
+@pytest.mark.slow  # 13 job processes, 1.5-2 minutes on 2 cores
 def test_kill_build_at_every_stage_leaves_old_or_new(tmp_path, two_states, embedder):
     p = two_states
     base = tmp_path / "base"  # every copy shares its pseudonym key, so results compare
@@ -142,6 +143,7 @@ def test_kill_build_at_every_stage_leaves_old_or_new(tmp_path, two_states, embed
         assert not [q for q in target.rglob("*") if q.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # 13 job processes, 1.5-2 minutes on 2 cores
 def test_kill_add_events_leaves_old_or_new(tmp_path, two_states, embedder):
     p = two_states
     base = tmp_path / "base"
@@ -170,6 +172,7 @@ def test_kill_add_events_leaves_old_or_new(tmp_path, two_states, embedder):
         assert _serves(target, embedder, users)[1:] == (new_events, new)
 
 
+@pytest.mark.slow  # 13 job processes, 1.5-2 minutes on 2 cores
 def test_kill_embed_job_resumes_to_identical_vectors(tmp_path, two_states):
     p = two_states
     clean = tmp_path / "clean"
