@@ -108,6 +108,7 @@ def bundled_corpus(embedder) -> Corpus:
     )
 
 
+@pytest.mark.slow  # embeds the bundled data and trains the ranker: 2.5 minutes on 2 cores
 def test_trained_ranker_beats_the_fixed_blend_on_held_out_bundled_shoppers(bundled_corpus):
     split = text_split(bundled_corpus.events, bundled_corpus.text_vectors, seed=0)
     model = TwoStageRecommender().fit(bundled_corpus.with_events(split.train))

@@ -68,6 +68,7 @@ def rated_reviews():
     return events.iloc[:1500].reset_index(drop=True)
 
 
+@pytest.mark.slow  # a real fine-tune: 35 s on 2 cores
 def test_sentiment_model_on_real_reviews(rated_reviews, tmp_path_factory):
     """The bundled model, probe head only (epochs=0) on 700 real reviews: it separates
     1-2 star reviews from 4-5 star ones, ahead of the majority baseline."""
@@ -217,6 +218,7 @@ def test_rated_file_reads_stars_and_polarity_labels(tmp_path, caplog):
     assert "(first: row 2, 'five')" in caplog.text
 
 
+@pytest.mark.slow  # a real fine-tune of the multilingual model: 20 s on 2 cores
 def test_text_only_sentiment_needs_no_catalogue(e5, chinese_reviews, tmp_path, capsys):
     """train-sentiment and sentiment on a directory without a workspace: a tiny real
     Chinese fine-tune of multilingual-e5-small, labels 1 (positive) / 0 (negative)."""

@@ -24,6 +24,7 @@ def labelled(tmp_path_factory, chinese_reviews) -> tuple:
     return path, held
 
 
+@pytest.mark.slow  # a real fine-tune of the multilingual model: 1 minute on 2 cores
 def test_train_tags_and_tags_work_without_a_catalogue(e5, labelled, tmp_path, capsys):
     data, held = labelled
     directory = tmp_path / "zh-tags"  # a new directory: no workspace, no catalogue
