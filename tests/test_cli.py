@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -10,13 +11,21 @@ from profiler import cli
 from profiler.store import Store
 
 
-@pytest.fixture
-def workspace(tmp_path, tiny_files):
-    catalog, events = tiny_files
-    ws = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def cli_template(tmp_path_factory, tiny_files_template):
+    """The tiny CSV files built through ``profiler build``, once for this module."""
+    catalog, events = tiny_files_template
+    ws = tmp_path_factory.mktemp("cli") / "ws"
     argv = ["build", "--catalog", str(catalog), "--events", str(events), "--workspace", str(ws)]
     assert cli.main([*argv, "--device", "cpu", "-q"]) == 0
     return ws
+
+
+@pytest.fixture
+def workspace(tmp_path, cli_template):
+    """A copy of :func:`cli_template` for one test to change."""
+    shutil.copytree(cli_template, tmp_path / "ws", symlinks=True)
+    return tmp_path / "ws"
 
 
 def json_lines(text: str) -> list[dict]:

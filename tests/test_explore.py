@@ -25,6 +25,7 @@ from profiler.explore import (
     snips,
 )
 from profiler.workspace import Workspace
+from tests.conftest import copy_workspace
 
 # -- posteriors -------------------------------------------------------------------------
 
@@ -246,9 +247,9 @@ def test_estimators_cover_the_true_value_on_a_synthetic_bandit():
 
 
 @pytest.fixture
-def built(tmp_path, tiny_frames, embedder):
-    items, events = tiny_frames
-    return Workspace.build(tmp_path / "ws", catalog=items, events=events, embedder=embedder)
+def built(tmp_path, tiny_workspace_template, embedder):
+    """The tiny slice built from its frames (a copy of the session's build)."""
+    return copy_workspace(tiny_workspace_template, tmp_path, embedder)
 
 
 def test_explore_zero_is_plain_recommend_and_slates_carry_propensities(built):

@@ -14,7 +14,7 @@ import pytest
 
 from profiler.service.app import create_app
 from profiler.workspace import Workspace
-from tests.conftest import live_server
+from tests.conftest import copy_workspace, live_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -52,10 +52,9 @@ def artifacts() -> Path:
 
 
 @pytest.fixture
-def workspace(tmp_path, tiny_frames, embedder):
-    items, events = tiny_frames
-    ws = Workspace.build(tmp_path / "ws", catalog=items, events=events, embedder=embedder)
-    ws.train_tags(epochs=1, batch_size=8, max_length=64, seed=0)
+def workspace(tmp_path, tiny_tagged_template, embedder):
+    """The tiny slice with a tagger (a copy of the session's)."""
+    ws = copy_workspace(tiny_tagged_template, tmp_path, embedder)
     yield ws
     ws.close()
 

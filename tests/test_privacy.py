@@ -19,6 +19,7 @@ from profiler.privacy import (
     luhn_ok,
 )
 from profiler.workspace import Workspace
+from tests.conftest import copy_workspace
 
 # -- scrubbing ------------------------------------------------------------------------
 
@@ -95,10 +96,10 @@ def _strings_in(path) -> str:
     return text
 
 
-@pytest.fixture
-def private_ws(tmp_path, tiny_frames, embedder):
+@pytest.fixture(scope="module")
+def private_template(tmp_path_factory, tiny_frames, embedder):
     """The tiny real slice plus one shopper whose review holds an e-mail and a phone, and a
-    broken row of hers that goes to the quarantine."""
+    broken row of hers that goes to the quarantine, built once for this module."""
     items, events = tiny_frames
     secret = pd.DataFrame(
         [
@@ -129,7 +130,15 @@ def private_ws(tmp_path, tiny_frames, embedder):
         ]
     )
     all_events = pd.concat([events.astype({"timestamp": object}), secret], ignore_index=True)
-    return Workspace.build(tmp_path / "ws", catalog=items, events=all_events, embedder=embedder)
+    path = tmp_path_factory.mktemp("private") / "ws"
+    Workspace.build(path, catalog=items, events=all_events, embedder=embedder).close()
+    return path
+
+
+@pytest.fixture
+def private_ws(tmp_path, private_template, embedder):
+    """A copy of :func:`private_template` for one test to change."""
+    return copy_workspace(private_template, tmp_path, embedder)
 
 
 def test_build_writes_no_raw_id_no_pii_and_owner_only_files(private_ws):

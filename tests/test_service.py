@@ -18,13 +18,11 @@ from tests.conftest import live_server
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory, tiny_frames, embedder):
-    """A tiny real workspace (bundled model) with a tagger; tests that write copy it."""
-    items, events = tiny_frames
+def template(tmp_path_factory, tiny_tagged_template):
+    """A tiny real workspace (bundled model) with a tagger, this module's own copy of the
+    session's; tests that write copy it."""
     path = tmp_path_factory.mktemp("service") / "ws"
-    ws = Workspace.build(path, catalog=items, events=events, embedder=embedder)
-    ws.train_tags(epochs=1, batch_size=8, max_length=64, seed=0)
-    ws.close()
+    shutil.copytree(tiny_tagged_template, path, symlinks=True)
     return path
 
 

@@ -92,12 +92,9 @@ def test_digest_counts_non_finite_values_in_arrays(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, tiny_frames, embedder):
-    items, events = tiny_frames
-    path = tmp_path_factory.mktemp("pristine") / "ws"
-    ws = Workspace.build(path, catalog=items, events=events, embedder=embedder)
-    ws.close()
-    return path
+def pristine(tiny_workspace_template):
+    """The session's tiny workspace: tests copy it before they damage it."""
+    return tiny_workspace_template
 
 
 def _flip(path, offset=None):

@@ -11,12 +11,13 @@ import pytest
 
 import profiler
 from profiler.workspace import FORMAT_VERSION, Workspace, item_document
+from tests.conftest import copy_workspace
 
 
 @pytest.fixture
-def built(tmp_path, tiny_files, embedder) -> Workspace:
-    catalog, events = tiny_files
-    return profiler.build(tmp_path / "ws", catalog=catalog, events=events, embedder=embedder)
+def built(tmp_path, tiny_csv_workspace_template, embedder) -> Workspace:
+    """The tiny CSV files built by ``profiler.build`` (a copy of the session's build)."""
+    return copy_workspace(tiny_csv_workspace_template, tmp_path, embedder)
 
 
 def category_of(ws: Workspace, item_id: str) -> str:
