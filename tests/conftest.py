@@ -61,14 +61,19 @@ def tiny_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     return chosen.reset_index(drop=True), chosen_events.reset_index(drop=True)
 
 
-@pytest.fixture
-def tiny_files(tmp_path: Path, tiny_frames) -> tuple[Path, Path]:
-    """The tiny slice written as CSV files, as a user would hand them to the CLI."""
+def write_tiny_files(root: Path, tiny_frames) -> tuple[Path, Path]:
+    """The tiny slice written as ``items.csv`` and ``events.csv`` under ``root``."""
     items, events = tiny_frames
-    catalog, event_file = tmp_path / "items.csv", tmp_path / "events.csv"
+    catalog, event_file = root / "items.csv", root / "events.csv"
     items.to_csv(catalog, index=False)
     events.to_csv(event_file, index=False)
     return catalog, event_file
+
+
+@pytest.fixture
+def tiny_files(tmp_path: Path, tiny_frames) -> tuple[Path, Path]:
+    """The tiny slice written as CSV files, as a user would hand them to the CLI."""
+    return write_tiny_files(tmp_path, tiny_frames)
 
 
 def copy_workspace(template: Path, tmp_path: Path, embedder=None, name: str = "ws"):
@@ -85,12 +90,7 @@ def copy_workspace(template: Path, tmp_path: Path, embedder=None, name: str = "w
 @pytest.fixture(scope="session")
 def tiny_files_template(tmp_path_factory, tiny_frames) -> tuple[Path, Path]:
     """:func:`tiny_files`, written once per session (for the session's templates)."""
-    items, events = tiny_frames
-    root = tmp_path_factory.mktemp("tiny-files")
-    catalog, event_file = root / "items.csv", root / "events.csv"
-    items.to_csv(catalog, index=False)
-    events.to_csv(event_file, index=False)
-    return catalog, event_file
+    return write_tiny_files(tmp_path_factory.mktemp("tiny-files"), tiny_frames)
 
 
 @pytest.fixture(scope="session")
