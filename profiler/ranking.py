@@ -393,10 +393,10 @@ def event_evidence(
     item_vectors = np.full((len(events), dim), np.nan, dtype=np.float32)
     texts = np.full((len(events), dim), np.nan, dtype=np.float32)
     if len(events):
-        ids = events["item_id"].to_numpy()
+        ids = events["item_id"].tolist()
         known = np.array([bool(i) and i in item_index for i in ids], dtype=bool)
         if known.any():
-            item_vectors[known] = item_index.get(list(ids[known]))
+            item_vectors[known] = item_index.get([i for i, k in zip(ids, known) if k])
         rows = events["text_row"].to_numpy()
         texts[rows >= 0] = text_vectors[rows[rows >= 0]]
     return builder.evidence(events, item_vectors, texts)
@@ -593,7 +593,8 @@ class TwoStageRecommender(Recommender):
         state (a known user queried with all her events) instead of building it."""
         events = query.events
         evidence = event_evidence(self.builder_, events, self.item_index_, self.text_vectors_)
-        labels = [item if item else text for item, text in zip(events["item_id"], events["text"])]
+        item_ids, event_texts = events["item_id"].tolist(), events["text"].tolist()
+        labels = [item if item else text for item, text in zip(item_ids, event_texts)]
         now = float(evidence.timestamps.max()) if len(evidence) else 0.0
         if query.texts:
             vectors = np.asarray(query.text_vectors, dtype=np.float32)
@@ -608,11 +609,11 @@ class TwoStageRecommender(Recommender):
             profile = self.builder_.build(query.user_id or "", evidence)
         position = self.catalogue_.position
         n_events = len(events)
-        with_item = np.array([bool(i) and i in position for i in events["item_id"]], bool)
+        with_item = np.array([bool(i) and i in position for i in item_ids], bool)
         decayed = evidence.weights[:n_events] * self.builder_.decay(
             now - evidence.timestamps[:n_events]
         )
-        texts = [t for t in events["text"] if t] + list(query.texts)
+        texts = [t for t in event_texts if t] + list(query.texts)
         rows = events["text_row"].to_numpy(dtype=np.int64)
         text_vectors = [self.text_vectors_[rows[rows >= 0]]]
         if query.texts:
@@ -620,7 +621,7 @@ class TwoStageRecommender(Recommender):
         return Shopper(
             query.user_id,
             profile,
-            np.array([position[i] for i in events["item_id"][with_item]], dtype=np.int64),
+            np.array([position[i] for i, has in zip(item_ids, with_item) if has], dtype=np.int64),
             np.asarray(decayed[with_item], dtype=np.float64),
             tuple(texts),
             evidence.vectors,

@@ -93,7 +93,7 @@ class Query:
     @property
     def seen(self) -> set[str]:
         """Items the shopper already interacted with (never recommended back)."""
-        return set(self.events["item_id"][self.events["item_id"] != ""])
+        return {item for item in self.events["item_id"].tolist() if item}
 
 
 class Recommender(ABC):

@@ -529,24 +529,25 @@ class CandidateGenerator:
                 rows = [self.interactions.user_row_.get(u, -1) for u in ids]
                 known = np.array([r >= 0 for r in rows])
                 if known.any():
-                    matrix = self.interactions.positives_[np.array(rows)[known]]
-                    row = sparse.csr_matrix(sims[known] / sims.sum()) @ matrix
-                    voted, votes = row.indices.astype(np.int64), row.data.astype(np.float64)
+                    voted, votes = _weighted_rows(
+                        self.interactions.positives_,
+                        np.array(rows)[known],
+                        sims[known] / sims.sum(),
+                    )
                     proposed["neighbours"] = voted[_top(votes, cfg.neighbour_items)]
 
         liked = np.unique(shopper.items[shopper.item_weights > 0])
         cooc_positions, cooc_counts = np.empty(0, np.int64), np.zeros(0)
         cooc_cosine = np.zeros(0)
         if len(liked):
-            counts = self.interactions.cooccurrence_[liked]
             likers = self.interactions.likers_
-            ones = sparse.csr_matrix(np.ones((1, len(liked))))
-            scaled = sparse.csr_matrix(1.0 / np.sqrt(np.maximum(likers[liked], 1.0))[None, :])
-            row = ones @ counts
-            cooc_positions, cooc_counts = row.indices.astype(np.int64), row.data.astype(np.float64)
+            cooc_positions, cooc_counts, cosine = _weighted_rows(
+                self.interactions.cooccurrence_,
+                liked,
+                np.ones(len(liked)),
+                1.0 / np.sqrt(np.maximum(likers[liked], 1.0)),
+            )
             if len(cooc_positions):
-                weighted = scaled @ counts  # same support as row, possibly other order
-                cosine = _sparse_lookup(weighted.indices, weighted.data, cooc_positions)
                 cooc_cosine = cosine / np.sqrt(np.maximum(likers[cooc_positions], 1.0))
                 # normalised counts propose: raw ones would mostly repeat the popular items
                 proposed["cooccurrence"] = cooc_positions[_top(cooc_cosine, cfg.cooccurrence)]
@@ -570,13 +571,15 @@ class CandidateGenerator:
             proposed["dense"] = np.concatenate([proposed.get("dense", []), extra]).astype(np.int64)
 
         # -- the union, without what she has seen --
-        union = np.unique(np.concatenate([np.asarray(p, np.int64) for p in proposed.values()]))
+        lists = [np.asarray(p, np.int64) for p in proposed.values()]
+        union, at = np.unique(np.concatenate(lists), return_inverse=True)
+        channels = np.zeros((len(union), len(CHANNELS)), dtype=bool)
+        proposer = [CHANNELS.index(name) for name in proposed]
+        channels[at, np.repeat(proposer, [len(p) for p in lists])] = True
         if seen:
             banned = np.array([cat.position[i] for i in seen if i in cat.position], np.int64)
-            union = union[~np.isin(union, banned)]
-        channels = np.zeros((len(union), len(CHANNELS)), dtype=bool)
-        for name, positions in proposed.items():
-            channels[:, CHANNELS.index(name)] = np.isin(union, positions)
+            keep = ~np.isin(union, banned)
+            union, channels = union[keep], channels[keep]
 
         # -- features for every candidate --
         vectors = self.item_index.get([cat.item_ids[p] for p in union]) if len(union) else None
@@ -666,7 +669,36 @@ def _shares(codes: np.ndarray, positions: np.ndarray, weights: np.ndarray) -> di
 
 
 def _lookup(shares: dict[int, float], codes: np.ndarray) -> np.ndarray:
-    return np.array([shares.get(int(c), 0.0) for c in codes]) if shares else np.zeros(len(codes))
+    """The share of each code (0 for a code not in ``shares``, and for -1)."""
+    if not shares:
+        return np.zeros(len(codes))
+    keys = np.fromiter(shares, np.int64, len(shares))
+    values = np.fromiter(shares.values(), np.float64, len(shares))
+    return _sparse_lookup(keys, values, np.asarray(codes, np.int64))
+
+
+def _weighted_rows(
+    matrix: sparse.csr_matrix, rows: np.ndarray, *weights: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """``w @ matrix[rows]`` for each weight vector ``w`` (aligned with ``rows``), as the
+    sorted column positions where any row has an entry and one value array per ``w``.
+
+    The same sums as a sparse product, read straight from the CSR arrays: a query touches
+    a few dozen rows, where building sparse matrices cost more than the arithmetic.
+    """
+    rows = np.asarray(rows, np.int64)
+    starts = matrix.indptr[rows].astype(np.int64)
+    lengths = matrix.indptr[rows + 1].astype(np.int64) - starts
+    # the entries of every row, one after another: offset of each entry in indices/data
+    first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    entry = np.arange(int(lengths.sum())) + first
+    positions, at = np.unique(matrix.indices[entry], return_inverse=True)
+    values = matrix.data[entry].astype(np.float64)
+    sums = [
+        np.bincount(at, weights=values * np.repeat(w, lengths), minlength=len(positions))
+        for w in weights
+    ]
+    return (positions.astype(np.int64), *sums)
 
 
 def _sparse_lookup(positions: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:

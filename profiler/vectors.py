@@ -126,13 +126,13 @@ class IdMap:
 
     def labels(self, ids: Iterable[str]) -> np.ndarray:
         """Labels of known ids; raise ``KeyError`` naming the first unknown one."""
-        out = []
-        for item_id in ids:
-            try:
-                out.append(self._label_of[item_id])
-            except KeyError:
-                raise KeyError(f"unknown id {item_id!r}") from None
-        return np.asarray(out, dtype=np.int64)
+        ids = ids if isinstance(ids, (list, tuple)) else list(ids)
+        label_of = self._label_of
+        try:
+            return np.array([label_of[item_id] for item_id in ids], dtype=np.int64)
+        except KeyError:
+            unknown = next(i for i in ids if i not in label_of)
+            raise KeyError(f"unknown id {unknown!r}") from None
 
     def remove(self, ids: Sequence[str]) -> np.ndarray:
         """Forget ``ids`` and return their labels; raise ``KeyError`` for unknown ids."""
