@@ -132,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("-k", type=int, default=10)
     simulate.add_argument("--users", type=int, default=1000, help="shoppers sampled (0: all)")
     simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--min-history",
+        type=int,
+        help="events a shopper needs before the held-out one (default: 1 when 50 or more "
+        "shoppers have one, else 0; 0 replays one-off visitors too)",
+    )
     simulate.add_argument("--json", action="store_true", help="one JSON object")
     _add_common(simulate)
 
@@ -149,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("-k", type=int, default=10)
     compare.add_argument("--users", type=int, default=1000, help="shoppers sampled (0: all)")
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument(
+        "--min-history",
+        type=int,
+        help="events a shopper needs before the held-out one (default: 1 when 50 or more "
+        "shoppers have one, else 0; 0 replays one-off visitors too)",
+    )
     compare.add_argument("--json", action="store_true", help="one JSON object per metric")
     _add_common(compare)
 
@@ -495,6 +507,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         k=args.k,
         seed=args.seed,
         max_users=args.users or None,
+        min_history=args.min_history,
     )
     summary = result.summary()
     if args.json:
@@ -517,6 +530,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         k=args.k,
         seed=args.seed,
         max_users=args.users or None,
+        min_history=args.min_history,
     )
     for row in rows:
         if args.json:

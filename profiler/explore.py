@@ -20,7 +20,10 @@ the slate is an explore slot with probability ``p = strength * k / (k + positive
 of an arm the policy picks: Thompson sampling (default; the arm whose sampled rate is
 highest), UCB, uniform (epsilon-greedy) or LinUCB over context features (hour, weekday,
 device/channel when events carry them, and her prior mean). The best item of an arm is its
-best-ranked candidate, else its most trending item she has not seen. Every item records
+best-ranked candidate, else its most trending item she has not seen. Once her ranked list
+is used up, the exploit item of a slot is the best item of the arm with the highest
+posterior mean (what pure exploitation shows), so exploration keeps its share of the
+slots instead of taking them all. Every item records
 its source and the exact probability that this policy would have shown it in that slot
 given the slots before (Thompson's arm probabilities by Monte Carlo over its sampler):
 over the candidates those probabilities sum to one per slot. ``strength=0`` (or policy
@@ -64,6 +67,16 @@ __all__ = [
 ]
 
 POLICIES = ("thompson", "ucb", "epsilon", "linucb", "exploit")
+#: Which shoppers a replay holds out (``min_history=None``): those with at least one event
+#: before the held-out one when ``MIN_HISTORY_SHOPPERS`` or more have one, else everyone.
+#: A one-off visitor, whose only event is the held-out one, is a cold-start case; the
+#: replay's question is whether a policy finds a held-out interest from what is known of
+#: a shopper, and in the guarded Amazon workspace the one-off visitors are its background
+#: traffic (94% of the replayable shoppers) whose items are spread evenly over the
+#: catalogue: every policy that shows the same number of unseen items has the same chance
+#: of those, so they added noise and no signal. A workspace of one-off visitors only (the
+#: bundled reviews) is replayed as cold start. An integer ``min_history`` fixes it.
+MIN_HISTORY_SHOPPERS = 50
 _MONTE_CARLO = 512  # Thompson arm probabilities: samples per slate (error ~2% per arm)
 #: Most arms a catalogue gets: more would spread exploration too thin to learn anything
 #: in a few rounds (MovieLens has 216 genre combinations, 18 first genres).
@@ -378,25 +391,33 @@ def make_slate(
     context: np.ndarray | None = None,
     state: ExploreState | None = None,
     rounds: int = 0,
+    propensities: bool = True,
 ) -> Slate:
     """Fill ``k`` slots from the exploit order ``ranked`` (catalogue positions, best first)
     and the arms' pools (module docstring). ``exclude``: positions never to show (her
-    history). ``rounds``: slates shown so far (UCB's time)."""
+    history). ``rounds``: slates shown so far (UCB's time). ``propensities=False`` (a
+    replay, which needs only the items): Thompson draws one rate per arm for each explore
+    slot instead of estimating every arm's probability, and the slate's propensities are
+    NaN with empty slot distributions."""
     p_explore = explore_share(config, evidence)
-    shown: list[int] = []
+    n_arms = len(arms.names)
     taken: set[int] = set(exclude)
-    ranked = [int(p) for p in ranked if int(p) not in taken]
-    in_arm: list[list[int]] = [[] for _ in arms.names]
-    for p in ranked:
-        a = int(arms.of_item[p])
-        if a >= 0:
-            in_arm[a].append(p)
+    ranked = [p for p in np.asarray(ranked, dtype=np.int64).tolist() if p not in taken]
+    order = np.array(ranked, dtype=np.int64)
+    # her ranked items per arm, in rank order (a stable sort by arm keeps it)
+    arm_of = arms.of_item[order] if len(order) else np.empty(0, dtype=np.int64)
+    by_arm = np.argsort(arm_of, kind="stable")
+    bounds = np.searchsorted(arm_of[by_arm], np.arange(n_arms + 1))
+    grouped = order[by_arm].tolist()
+    in_arm = [grouped[bounds[a] : bounds[a + 1]] for a in range(n_arms)]
     cursor = {"exploit": 0}
-    arm_cursor = [0] * len(arms.names)
-    pool_cursor = [0] * len(arms.names)
+    arm_cursor = [0] * n_arms
+    pool_cursor = [0] * n_arms
+    shown: list[int] = []
     sources: list[str] = []
-    propensities: list[float] = []
+    shown_p: list[float] = []
     slots: list[dict[int, float]] = []
+    thompson = config.policy == "thompson"
 
     def next_exploit() -> int | None:
         while cursor["exploit"] < len(ranked) and ranked[cursor["exploit"]] in taken:
@@ -415,43 +436,79 @@ def make_slate(
         return int(pool[pool_cursor[a]]) if pool_cursor[a] < len(pool) else None
 
     # Thompson's sampled rates: drawn once per slate (the posterior does not change within
-    # it); each slot's arm probabilities are the wins among the arms still available
+    # it); each slot's arm probabilities are the wins among the arms still available, so
+    # they change only when an arm runs out of items
     draws = (
         rng.beta(alpha, beta, size=(_MONTE_CARLO, len(alpha)))
-        if config.policy == "thompson" and p_explore > 0
+        if thompson and p_explore > 0 and propensities
         else None
     )
+    # each arm's next item; only an arm whose next item was just shown moves on
+    options: dict[int, int] = {}
+    if p_explore > 0 or len(ranked) < k:
+        options = {a: p for a in range(n_arms) if (p := best_of(a)) is not None}
+    arm_p: dict[int, float] = {}
+    arm_p_for: tuple[int, ...] | None = None
+    arm_cdf = np.empty(0)
+    mean = alpha / (alpha + beta)
     for _ in range(k):
         exploit = next_exploit()
-        options = {a: best_of(a) for a in range(len(arms.names))}
-        options = {a: p for a, p in options.items() if p is not None}
-        p_x = p_explore if options else 0.0
-        if exploit is None:
+        if exploit is None:  # her ranked list is used up: pure exploitation's next pick
             if not options:
                 break
-            p_x = 1.0
-        arm_p = (
-            _arm_probabilities(config, list(options), alpha, beta, draws, context, state, rounds)
-            if p_x > 0
-            else {}
-        )
-        dist: dict[int, float] = {}
-        if exploit is not None and p_x < 1:
-            dist[exploit] = 1.0 - p_x
-        for a, p in arm_p.items():
-            dist[options[a]] = dist.get(options[a], 0.0) + p_x * p
-        if p_x > 0 and rng.random() < p_x:
-            names = list(arm_p)
-            arm = names[rng.choice(len(names), p=np.array([arm_p[a] for a in names]))]
-            item, source = options[arm], f"explore:{arms.names[arm]}"
+            available = list(options)
+            exploit = options[available[int(np.argmax(mean[available]))]]
+        p_x = p_explore if options else 0.0
+        if not propensities:
+            if p_x > 0 and rng.random() < p_x:
+                available = list(options)
+                if thompson:  # Thompson sampling itself: one draw per arm
+                    rates = rng.beta(alpha[available], beta[available])
+                    arm = available[int(np.argmax(rates))]
+                else:
+                    choice = _arm_probabilities(
+                        config, available, alpha, beta, None, context, state, rounds
+                    )
+                    arm = list(choice)[int(rng.choice(len(choice), p=list(choice.values())))]
+                item, source = options[arm], f"explore:{arms.names[arm]}"
+            else:
+                item, source = exploit, "exploit"
+            shown_p.append(math.nan)
         else:
-            item, source = exploit, "exploit"
+            if p_x > 0 and arm_p_for != tuple(options):
+                arm_p_for = tuple(options)
+                arm_p = _arm_probabilities(
+                    config, list(options), alpha, beta, draws, context, state, rounds
+                )
+                arm_cdf = np.cumsum(list(arm_p.values()))
+                arm_cdf /= arm_cdf[-1]
+            # the arms' next items are distinct (an item has one arm); the exploit item
+            # may be one of them
+            dist = (
+                dict(zip([options[a] for a in arm_p], [p_x * p for p in arm_p.values()]))
+                if p_x > 0
+                else {}
+            )
+            if p_x < 1:
+                dist[exploit] = (1.0 - p_x) + dist.get(exploit, 0.0)
+            if p_x > 0 and rng.random() < p_x:
+                # Generator.choice(p=...)'s own draw: one uniform against the cumulative
+                arm = list(arm_p)[int(arm_cdf.searchsorted(rng.random(), side="right"))]
+                item, source = options[arm], f"explore:{arms.names[arm]}"
+            else:
+                item, source = exploit, "exploit"
+            shown_p.append(dist[item])
+            slots.append(dist)
         shown.append(item)
         taken.add(item)
         sources.append(source)
-        propensities.append(dist[item])
-        slots.append(dist)
-    return Slate(np.array(shown, dtype=np.int64), sources, np.array(propensities), slots)
+        for a in [a for a, p in options.items() if p == item]:
+            nxt = best_of(a)
+            if nxt is None:
+                del options[a]
+            else:
+                options[a] = nxt
+    return Slate(np.array(shown, dtype=np.int64), sources, np.array(shown_p), slots)
 
 
 def _arm_probabilities(
@@ -489,9 +546,7 @@ def _arm_probabilities(
             theta = inverse @ state.b[a]
             scores.append(theta @ x + config.linucb_alpha * math.sqrt(x @ inverse @ x))
         return {available[int(np.argmax(scores))]: 1.0}
-    # "exploit" asks only when its ranked list is used up: the best arm by posterior mean
-    mean = alpha[idx] / (alpha[idx] + beta[idx])
-    return {available[int(np.argmax(mean))]: 1.0}
+    raise ValueError(f"policy {config.policy!r} has no explore step")
 
 
 # -- off-policy estimators ------------------------------------------------------------
@@ -625,6 +680,7 @@ def simulate(
     k: int = 10,
     seed: int = 0,
     max_users: int | None = 1000,
+    min_history: int | None = None,
 ) -> SimulationResult:
     """Replay: each sampled shopper's last positive interaction is held out as the item
     she would accept; every round she is shown a slate of ``k`` items she has not seen
@@ -635,8 +691,11 @@ def simulate(
     (the workspace must contain them: the simulator holds them out itself); the trained
     ranker is kept, the same for every policy. ``max_users`` samples shoppers (by
     ``seed``) to bound the run; the same seed gives every policy the same shoppers.
+    ``min_history``: events a shopper needs before the held-out one (None: see
+    ``MIN_HISTORY_SHOPPERS``).
     """
-    return Replay(workspace, k=k, seed=seed, max_users=max_users).run(config, rounds=rounds)
+    replay = Replay(workspace, k=k, seed=seed, max_users=max_users, min_history=min_history)
+    return replay.run(config, rounds=rounds)
 
 
 class Replay:
@@ -652,11 +711,14 @@ class Replay:
         seed: int = 0,
         max_users: int | None = 1000,
         skip_users: frozenset[str] | set[str] = frozenset(),
+        min_history: int | None = None,
     ) -> None:
         from profiler.recommender import Query
 
         if k < 1:
             raise ValueError("k must be positive")
+        if min_history is not None and min_history < 0:
+            raise ValueError("min_history must not be negative")
         self.k, self.seed = k, seed
         model = workspace.recommender
         events = workspace.events
@@ -666,12 +728,18 @@ class Replay:
         held = last[positive[last.index]]
         if skip_users:
             held = held[~held["user_id"].isin(skip_users)]
+        before = events.groupby("user_id", sort=False).size().loc[held["user_id"]].to_numpy() - 1
+        if min_history is None:
+            min_history = int((before >= 1).sum() >= MIN_HISTORY_SHOPPERS)
+        self.min_history = min_history
+        held = held[before >= min_history]
         rng = np.random.default_rng(seed)
         if max_users is not None and len(held) > max_users:
             held = held.iloc[np.sort(rng.choice(len(held), max_users, replace=False))]
         if held.empty:
             raise ValueError(
-                f"{workspace.path}: no shopper's last event is a positive one on an item"
+                f"{workspace.path}: no shopper with {min_history} or more events before a "
+                "last event that is a positive one on an item"
             )
         self.held_users = frozenset(held["user_id"])
         catalogue = model.catalogue_
@@ -713,12 +781,13 @@ class Replay:
         finally:
             model.set_state(saved)
 
-    def run(self, config: ExploreConfig, *, rounds: int = 10) -> SimulationResult:
-        """Replay ``config`` for ``rounds`` rounds on the prepared shoppers (slates drawn
-        from the same seed for every config)."""
+    def run(self, config: ExploreConfig, *, rounds: int = 10, stream: int = 1) -> SimulationResult:
+        """Replay ``config`` for ``rounds`` rounds on the prepared shoppers. ``stream``
+        numbers the policy's random draws (the shoppers stay the same): runs of two
+        configs with the same stream are paired."""
         if rounds < 1:
             raise ValueError("rounds must be positive")
-        rng = np.random.default_rng([self.seed, 1])
+        rng = np.random.default_rng([self.seed, stream])
         arms, k = self.arms, self.k
         state = ExploreState(len(arms.names), CONTEXT_DIM)
         live = [{**s, "seen": set(s["seen"]), "hit": None, "shown": []} for s in self.shoppers]
@@ -742,6 +811,7 @@ class Replay:
                     context=s["context"],
                     state=state,
                     rounds=r,
+                    propensities=False,
                 )
                 for p in slate.positions.tolist():
                     reward = 1.0 if p == s["target"] else 0.0
@@ -784,9 +854,14 @@ class Replay:
 
 
 #: Thompson's settings a validation replay chooses among (:func:`choose_config`)
-STRENGTHS = (0.05, 0.1, 0.3)
+STRENGTHS = (0.02, 0.05, 0.1, 0.3)
 PRIOR_STRENGTHS = (4.0, 20.0, 100.0)
 VALIDATION_SEED = 1  # not simulate's default seed: another sample of shoppers
+#: Random streams each setting is replayed with: never stream 1, the one ``simulate`` and
+#: ``compare`` use, so the choice is not fitted to the draws it is then judged by. One
+#: stream decided by noise: on the guarded Amazon workspace the nine settings of one
+#: stream scored 44-55 against exploitation's 49 and the winner lost on the test replay.
+VALIDATION_STREAMS = (2, 3, 4)
 MIN_VALIDATION_USERS = 50
 
 
@@ -797,14 +872,20 @@ def choose_config(
     rounds: int = 10,
     k: int = 10,
     seed: int = VALIDATION_SEED,
+    streams: Sequence[int] = VALIDATION_STREAMS,
 ) -> tuple[ExploreConfig, dict]:
     """Thompson's ``strength`` and ``prior_strength`` chosen by replay (:class:`Replay`)
-    on a validation sample of the workspace's own shoppers: the setting with the highest
-    cumulative reward wins (ties: fewer rounds to the first hit, then more coverage).
-    Returns the config and a report with every candidate's numbers and pure
-    exploitation's. A workspace with fewer than ``MIN_VALIDATION_USERS`` shoppers to
-    replay keeps the defaults (the report says why)."""
+    on a validation sample of the workspace's own shoppers, each setting replayed with
+    every one of ``streams`` and scored by its mean: the highest mean cumulative reward
+    wins (ties: fewer rounds to the first hit, then more coverage) if it reaches pure
+    exploitation's; otherwise no setting paid for its exploration there and the gentlest
+    (least strength, then least prior strength: the smallest explore share) is chosen.
+    Returns the config and a report with every candidate's numbers and exploitation's. A
+    workspace with fewer than ``MIN_VALIDATION_USERS`` shoppers to replay keeps the
+    defaults (the report says why)."""
     default = ExploreConfig()
+    if not streams:
+        raise ValueError("choose_config needs at least one random stream")
     try:
         replay = Replay(workspace, k=k, seed=seed, max_users=users)
     except ValueError as exc:
@@ -815,13 +896,26 @@ def choose_config(
             f"{MIN_VALIDATION_USERS}"
         )
         return default, {"chosen": default.to_dict(), "why": why}
+    # exploitation draws nothing at random: one stream is all of them
     exploit = replay.run(ExploreConfig(policy="exploit"), rounds=rounds).summary()
     candidates = []
     for strength in STRENGTHS:
         for prior_strength in PRIOR_STRENGTHS:
             config = replace(default, strength=strength, prior_strength=prior_strength)
-            summary = replay.run(config, rounds=rounds).summary()
-            candidates.append({"config": config.to_dict(), **summary})
+            runs = [replay.run(config, rounds=rounds, stream=st).summary() for st in streams]
+            first_hits = [r["mean_rounds_to_first_hit"] for r in runs]
+            candidates.append(
+                {
+                    "config": config.to_dict(),
+                    "cumulative_reward": float(np.mean([r["cumulative_reward"] for r in runs])),
+                    "rewards": [r["cumulative_reward"] for r in runs],
+                    "coverage": round(float(np.mean([r["coverage"] for r in runs])), 6),
+                    "mean_rounds_to_first_hit": None
+                    if None in first_hits
+                    else round(float(np.mean(first_hits)), 4),
+                    "novelty": round(float(np.mean([r["novelty"] for r in runs])), 4),
+                }
+            )
 
     def key(row: dict) -> tuple:
         first_hit = row["mean_rounds_to_first_hit"]
@@ -832,16 +926,36 @@ def choose_config(
         )
 
     best = max(candidates, key=key)
+    scope = (
+        f"{len(candidates)} Thompson settings, each replayed {rounds} rounds on "
+        f"{len(replay.shoppers)} validation shoppers (seed {seed}) with {len(streams)} "
+        "random streams"
+    )
+    if best["cumulative_reward"] >= exploit["cumulative_reward"]:
+        why = (
+            f"highest mean cumulative reward of {scope}: {best['cumulative_reward']:.1f} "
+            f"vs exploitation's {exploit['cumulative_reward']:.0f}"
+        )
+    else:
+        why = (
+            f"no setting reached exploitation's cumulative reward in {scope} (best "
+            f"{best['cumulative_reward']:.1f} vs {exploit['cumulative_reward']:.0f}): the "
+            "gentlest explores least"
+        )
+        best = min(
+            candidates, key=lambda r: (r["config"]["strength"], r["config"]["prior_strength"])
+        )
     chosen = ExploreConfig.from_dict(best["config"])
     report = {
         "chosen": chosen.to_dict(),
-        "why": (
-            f"highest cumulative reward of {len(candidates)} Thompson settings in a "
-            f"{rounds}-round replay of {len(replay.shoppers)} validation shoppers "
-            f"(seed {seed}): {best['cumulative_reward']:.0f} vs exploitation's "
-            f"{exploit['cumulative_reward']:.0f}"
-        ),
-        "validation": {"users": len(replay.shoppers), "rounds": rounds, "k": k, "seed": seed},
+        "why": why,
+        "validation": {
+            "users": len(replay.shoppers),
+            "rounds": rounds,
+            "k": k,
+            "seed": seed,
+            "streams": list(streams),
+        },
         "exploit": exploit,
         "candidates": candidates,
     }
@@ -857,6 +971,7 @@ def compare(
     k: int = 10,
     seed: int = 0,
     max_users: int | None = 1000,
+    min_history: int | None = None,
     n_boot: int = 2000,
     level: float = 0.95,
 ) -> list[dict]:
@@ -865,7 +980,7 @@ def compare(
     verdict (``B better``, ``A better`` or ``no clear difference`` when the interval
     holds 0). Metrics: hit rate (cumulative reward per shopper), rounds to first hit
     (shoppers both policies found; lower is better), novelty, coverage."""
-    replay = Replay(workspace, k=k, seed=seed, max_users=max_users)
+    replay = Replay(workspace, k=k, seed=seed, max_users=max_users, min_history=min_history)
     results = [replay.run(c, rounds=rounds) for c in (a, b)]
     ta, tb = (r.per_user.set_index("user") for r in results)
     tb = tb.loc[ta.index]

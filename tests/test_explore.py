@@ -16,6 +16,7 @@ from profiler.explore import (
     ExploreConfig,
     ExploreState,
     Replay,
+    SimulationResult,
     choose_config,
     doubly_robust,
     ips,
@@ -128,6 +129,41 @@ def test_strength_zero_is_the_exploit_order():
         )
         assert slate.positions.tolist() == [5, 0, 9] and set(slate.sources) == {"exploit"}
         assert slate.propensities.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_used_up_ranking_continues_with_the_best_arm_and_keeps_the_explore_share():
+    arms = _arms()  # arms A: 0-3, B: 4-7, C: 8-11, most trending first
+    alpha, beta = np.array([1.0, 9.0, 1.0]), np.array([9.0, 1.0, 9.0])  # B is best
+    exploit = make_slate(
+        np.array([2]), 4, arms, ExploreConfig(policy="exploit"), alpha, beta,
+        evidence=0.0, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    assert exploit.positions.tolist() == [2, 4, 5, 6] and set(exploit.sources) == {"exploit"}
+    config = ExploreConfig(strength=0.5, prior_strength=4.0)
+    for seed in range(20):
+        slate = make_slate(
+            np.array([2]), 4, arms, config, alpha, beta, evidence=0.0,
+            rng=np.random.default_rng(seed),
+        )  # fmt: skip
+        rows = zip(slate.slot_distributions, slate.positions, slate.sources)
+        for slot, (dist, item, source) in enumerate(rows):
+            assert sum(dist.values()) == pytest.approx(1.0)
+            if source == "exploit":  # half of every slot at least: exploitation's pick
+                assert dist[int(item)] >= 0.5
+                ranked_left = 2 not in slate.positions[:slot]
+                assert item == 2 if ranked_left else arms.of_item[item] == 1  # then arm B
+    # a replay's slates (no propensities): the same policy, one Thompson draw per slot
+    fast = make_slate(
+        np.array([2]), 4, arms, config, alpha, beta, evidence=0.0,
+        rng=np.random.default_rng(0), propensities=False,
+    )  # fmt: skip
+    assert len(set(fast.positions.tolist())) == 4 and np.isnan(fast.propensities).all()
+    assert fast.slot_distributions == [] and fast.positions[0] in (2, 4)
+    plain = make_slate(
+        np.array([2]), 4, arms, ExploreConfig(policy="exploit"), alpha, beta,
+        evidence=0.0, rng=np.random.default_rng(0), propensities=False,
+    )  # fmt: skip
+    assert plain.positions.tolist() == exploit.positions.tolist()
 
 
 def test_thompson_prefers_the_arm_with_the_better_posterior():
@@ -339,20 +375,59 @@ def test_simulation_holds_out_each_shoppers_last_event(built):
 
 def test_build_chooses_explore_settings_by_validation_replay(built, monkeypatch):
     report = built.manifest["explore"]
-    assert report["why"].startswith("highest cumulative reward")
+    assert report["why"].startswith(("highest mean cumulative reward", "no setting reached"))
     assert built.explore_config() == ExploreConfig.from_dict(report["chosen"])
     reopened = Workspace.open(built.path, embedder=built.embedder)
     assert reopened.explore_config() == built.explore_config()  # persisted
-    config, report = choose_config(built, users=50, rounds=3, k=5)
-    rewards = [c["cumulative_reward"] for c in report["candidates"]]
-    assert len(rewards) == 9 and report["exploit"]["policy"] == "exploit"
-    best = [c for c in report["candidates"] if c["cumulative_reward"] == max(rewards)]
-    assert config.to_dict() in [c["config"] for c in best]
+    config, report = choose_config(built, users=50, rounds=3, k=5, streams=(2, 3))
+    rows = report["candidates"]
+    assert len(rows) == 12 and report["exploit"]["policy"] == "exploit"
+    for row in rows:  # each setting scored by its mean over the streams
+        assert len(row["rewards"]) == 2 and row["cumulative_reward"] == np.mean(row["rewards"])
+    best = max(row["cumulative_reward"] for row in rows)
+    if best >= report["exploit"]["cumulative_reward"]:
+        assert config.to_dict() in [r["config"] for r in rows if r["cumulative_reward"] == best]
+    else:  # exploration did not pay on validation: the smallest explore share
+        assert (config.strength, config.prior_strength) == (0.02, 4.0)
     assert config.policy == "thompson" and report["validation"]["users"] <= 50
+    # the rule itself, on known numbers: a setting that loses to exploitation is not chosen
+    scores = {0.02: 10.0, 0.05: 12.0, 0.1: 11.0, 0.3: 9.0}
+
+    def run(self, config, *, rounds=10, stream=1):
+        reward = 11.5 if config.policy == "exploit" else scores[config.strength]
+        return SimulationResult(config.policy, rounds, 60, reward, 0.5, 2.0, 1.0, None, [])
+
+    monkeypatch.setattr(Replay, "run", run)
+    assert choose_config(built, users=50)[0].strength == 0.05  # 12 beats exploitation's 11.5
+    scores[0.05] = 11.0
+    config, report = choose_config(built, users=50)  # nothing reaches 11.5: the gentlest
+    assert (config.strength, config.prior_strength) == (0.02, 4.0)
+    assert report["why"].startswith("no setting reached")
+    monkeypatch.undo()
     # too few shoppers to replay: the defaults, and the report says why
     monkeypatch.setattr("profiler.explore.MIN_VALIDATION_USERS", 10_000)
     config, report = choose_config(built, users=50, rounds=3, k=5)
     assert config == ExploreConfig() and report["why"].startswith("defaults: ")
+
+
+def test_replay_holds_out_shoppers_with_history_when_enough_have_one(built, monkeypatch):
+    everyone = Replay(built, k=5, seed=0, max_users=None)
+    assert everyone.min_history == 0  # one-off visitors only: replayed as cold start
+    items = built.items["item_id"]
+    for n, user in enumerate(built.users[:3]):
+        assert built.feedback(user, items.iloc[-1 - n], reward=1.0)
+    counts = built.events.groupby("user_id").size()
+    with_history = set(counts[counts > 1].index)
+    assert len(with_history) == 3
+    monkeypatch.setattr("profiler.explore.MIN_HISTORY_SHOPPERS", 3)
+    replay = Replay(built, k=5, seed=0, max_users=None)
+    assert replay.min_history == 1 and replay.held_users == with_history
+    assert all(len(s["seen"]) >= 1 for s in replay.shoppers)
+    assert Replay(built, k=5, seed=0, max_users=None, min_history=0).min_history == 0
+    with pytest.raises(ValueError, match="no shopper with 2 or more events"):
+        Replay(built, k=5, seed=0, max_users=None, min_history=2)
+    with pytest.raises(ValueError, match="must not be negative"):
+        Replay(built, k=5, min_history=-1)
 
 
 def test_replay_gives_every_config_the_same_shoppers_and_draws(built):
