@@ -876,11 +876,12 @@ def choose_config(
 ) -> tuple[ExploreConfig, dict]:
     """Thompson's ``strength`` and ``prior_strength`` chosen by replay (:class:`Replay`)
     on a validation sample of the workspace's own shoppers, each setting replayed with
-    every one of ``streams`` and scored by its mean: the highest mean cumulative reward
-    wins (ties: fewer rounds to the first hit, then more coverage) if it reaches pure
-    exploitation's; otherwise no setting paid for its exploration there and the gentlest
-    (least strength, then least prior strength: the smallest explore share) is chosen.
-    Returns the config and a report with every candidate's numbers and exploitation's. A
+    every one of ``streams`` and scored by its mean. Among the settings that reach pure
+    exploitation's cumulative reward with the same prior strength (which steers
+    exploitation too once a shopper's ranking is used up), the highest mean wins (ties:
+    fewer rounds to the first hit, then more coverage). If none does, exploration did not
+    pay there: the least strength at the prior strength of the best setting. Returns the
+    config and a report with every candidate's numbers and exploitation's. A
     workspace with fewer than ``MIN_VALIDATION_USERS`` shoppers to replay keeps the
     defaults (the report says why)."""
     default = ExploreConfig()
@@ -896,8 +897,13 @@ def choose_config(
             f"{MIN_VALIDATION_USERS}"
         )
         return default, {"chosen": default.to_dict(), "why": why}
-    # exploitation draws nothing at random: one stream is all of them
-    exploit = replay.run(ExploreConfig(policy="exploit"), rounds=rounds).summary()
+    # exploitation draws nothing at random: one stream is all of them; the prior strength
+    # matters to it too (once her ranking is used up it follows the posterior means)
+    exploits = {
+        k: replay.run(replace(default, policy="exploit", prior_strength=k), rounds=rounds)
+        for k in PRIOR_STRENGTHS
+    }
+    exploits = {k: result.summary() for k, result in exploits.items()}
     candidates = []
     for strength in STRENGTHS:
         for prior_strength in PRIOR_STRENGTHS:
@@ -914,6 +920,7 @@ def choose_config(
                     if None in first_hits
                     else round(float(np.mean(first_hits)), 4),
                     "novelty": round(float(np.mean([r["novelty"] for r in runs])), 4),
+                    "exploit_reward": exploits[prior_strength]["cumulative_reward"],
                 }
             )
 
@@ -925,25 +932,33 @@ def choose_config(
             row["coverage"],
         )
 
-    best = max(candidates, key=key)
     scope = (
         f"{len(candidates)} Thompson settings, each replayed {rounds} rounds on "
         f"{len(replay.shoppers)} validation shoppers (seed {seed}) with {len(streams)} "
         "random streams"
     )
-    if best["cumulative_reward"] >= exploit["cumulative_reward"]:
+    paying = [r for r in candidates if r["cumulative_reward"] >= r["exploit_reward"]]
+    if paying:
+        best = max(paying, key=key)
         why = (
-            f"highest mean cumulative reward of {scope}: {best['cumulative_reward']:.1f} "
-            f"vs exploitation's {exploit['cumulative_reward']:.0f}"
+            f"highest mean cumulative reward of {scope}, among those reaching exploitation "
+            f"with the same prior strength: {best['cumulative_reward']:.1f} vs "
+            f"{best['exploit_reward']:.0f}"
         )
     else:
+        top = max(candidates, key=key)
         why = (
-            f"no setting reached exploitation's cumulative reward in {scope} (best "
-            f"{best['cumulative_reward']:.1f} vs {exploit['cumulative_reward']:.0f}): the "
-            "gentlest explores least"
+            f"no setting reached exploitation's cumulative reward with the same prior "
+            f"strength in {scope} (best {top['cumulative_reward']:.1f} vs "
+            f"{top['exploit_reward']:.0f}): the gentlest at the best prior strength"
         )
         best = min(
-            candidates, key=lambda r: (r["config"]["strength"], r["config"]["prior_strength"])
+            (
+                r
+                for r in candidates
+                if r["config"]["prior_strength"] == top["config"]["prior_strength"]
+            ),
+            key=lambda r: r["config"]["strength"],
         )
     chosen = ExploreConfig.from_dict(best["config"])
     report = {
@@ -956,7 +971,8 @@ def choose_config(
             "seed": seed,
             "streams": list(streams),
         },
-        "exploit": exploit,
+        "exploit": exploits[best["config"]["prior_strength"]],
+        "exploits": {str(k): v for k, v in exploits.items()},
         "candidates": candidates,
     }
     return chosen, report
