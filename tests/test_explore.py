@@ -134,35 +134,30 @@ def test_strength_zero_is_the_exploit_order():
 def test_a_used_up_ranking_continues_with_the_best_arm_and_keeps_the_explore_share():
     arms = _arms()  # arms A: 0-3, B: 4-7, C: 8-11, most trending first
     alpha, beta = np.array([1.0, 9.0, 1.0]), np.array([9.0, 1.0, 9.0])  # B is best
-    exploit = make_slate(
-        np.array([2]), 4, arms, ExploreConfig(policy="exploit"), alpha, beta,
-        evidence=0.0, rng=np.random.default_rng(0),
-    )  # fmt: skip
+
+    def slate(config, seed=0, **options):  # her ranking holds one item, item 2 of arm A
+        rng = np.random.default_rng(seed)
+        return make_slate(
+            np.array([2]), 4, arms, config, alpha, beta, evidence=0.0, rng=rng, **options
+        )
+
+    exploit = slate(ExploreConfig(policy="exploit"))
     assert exploit.positions.tolist() == [2, 4, 5, 6] and set(exploit.sources) == {"exploit"}
     config = ExploreConfig(strength=0.5, prior_strength=4.0)
     for seed in range(20):
-        slate = make_slate(
-            np.array([2]), 4, arms, config, alpha, beta, evidence=0.0,
-            rng=np.random.default_rng(seed),
-        )  # fmt: skip
-        rows = zip(slate.slot_distributions, slate.positions, slate.sources)
+        shown = slate(config, seed)
+        rows = zip(shown.slot_distributions, shown.positions, shown.sources)
         for slot, (dist, item, source) in enumerate(rows):
             assert sum(dist.values()) == pytest.approx(1.0)
             if source == "exploit":  # half of every slot at least: exploitation's pick
                 assert dist[int(item)] >= 0.5
-                ranked_left = 2 not in slate.positions[:slot]
+                ranked_left = 2 not in shown.positions[:slot]
                 assert item == 2 if ranked_left else arms.of_item[item] == 1  # then arm B
     # a replay's slates (no propensities): the same policy, one Thompson draw per slot
-    fast = make_slate(
-        np.array([2]), 4, arms, config, alpha, beta, evidence=0.0,
-        rng=np.random.default_rng(0), propensities=False,
-    )  # fmt: skip
+    fast = slate(config, propensities=False)
     assert len(set(fast.positions.tolist())) == 4 and np.isnan(fast.propensities).all()
     assert fast.slot_distributions == [] and fast.positions[0] in (2, 4)
-    plain = make_slate(
-        np.array([2]), 4, arms, ExploreConfig(policy="exploit"), alpha, beta,
-        evidence=0.0, rng=np.random.default_rng(0), propensities=False,
-    )  # fmt: skip
+    plain = slate(ExploreConfig(policy="exploit"), propensities=False)
     assert plain.positions.tolist() == exploit.positions.tolist()
 
 
@@ -386,8 +381,8 @@ def test_build_chooses_explore_settings_by_validation_replay(built, monkeypatch)
         assert len(row["rewards"]) == 2 and row["cumulative_reward"] == np.mean(row["rewards"])
     paying = [r for r in rows if r["cumulative_reward"] >= r["exploit_reward"]]
     for k, exploit in report["exploits"].items():  # one exploitation run per prior strength
-        assert all(r["exploit_reward"] == exploit["cumulative_reward"] for r in rows
-                   if r["config"]["prior_strength"] == float(k))  # fmt: skip
+        same_prior = [r for r in rows if r["config"]["prior_strength"] == float(k)]
+        assert {r["exploit_reward"] for r in same_prior} == {exploit["cumulative_reward"]}
     if paying:
         best = max(r["cumulative_reward"] for r in paying)
         chosen = [r["config"] for r in paying if r["cumulative_reward"] == best]
