@@ -417,7 +417,6 @@ def make_slate(
     sources: list[str] = []
     shown_p: list[float] = []
     slots: list[dict[int, float]] = []
-    thompson = config.policy == "thompson"
 
     def next_exploit() -> int | None:
         while cursor["exploit"] < len(ranked) and ranked[cursor["exploit"]] in taken:
@@ -440,7 +439,7 @@ def make_slate(
     # they change only when an arm runs out of items
     draws = (
         rng.beta(alpha, beta, size=(_MONTE_CARLO, len(alpha)))
-        if thompson and p_explore > 0 and propensities
+        if config.policy == "thompson" and p_explore > 0 and propensities
         else None
     )
     # each arm's next item; only an arm whose next item was just shown moves on
@@ -461,15 +460,7 @@ def make_slate(
         p_x = p_explore if options else 0.0
         if not propensities:
             if p_x > 0 and rng.random() < p_x:
-                available = list(options)
-                if thompson:  # Thompson sampling itself: one draw per arm
-                    rates = rng.beta(alpha[available], beta[available])
-                    arm = available[int(np.argmax(rates))]
-                else:
-                    choice = _arm_probabilities(
-                        config, available, alpha, beta, None, context, state, rounds
-                    )
-                    arm = list(choice)[int(rng.choice(len(choice), p=list(choice.values())))]
+                arm = _drawn_arm(config, list(options), alpha, beta, rng, context, state, rounds)
                 item, source = options[arm], f"explore:{arms.names[arm]}"
             else:
                 item, source = exploit, "exploit"
@@ -509,6 +500,24 @@ def make_slate(
             else:
                 options[a] = nxt
     return Slate(np.array(shown, dtype=np.int64), sources, np.array(shown_p), slots)
+
+
+def _drawn_arm(
+    config: ExploreConfig,
+    available: list[int],
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    rng: np.random.Generator,
+    context: np.ndarray | None,
+    state: ExploreState | None,
+    rounds: int,
+) -> int:
+    """The arm an explore slot takes when no propensity is asked for: Thompson sampling
+    itself (one sampled rate per arm), or a draw from the other policies' probabilities."""
+    if config.policy == "thompson":
+        return available[int(np.argmax(rng.beta(alpha[available], beta[available])))]
+    choice = _arm_probabilities(config, available, alpha, beta, None, context, state, rounds)
+    return list(choice)[int(rng.choice(len(choice), p=list(choice.values())))]
 
 
 def _arm_probabilities(
