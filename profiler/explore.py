@@ -39,6 +39,7 @@ the cumulative reward, rounds to first hit, coverage and novelty of each policy.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ import numpy as np
 import pandas as pd
 
 from profiler.storage import read_json, save_npy, write_json
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "POLICIES",
@@ -741,6 +744,14 @@ class Replay:
         if min_history is None:
             min_history = int((before >= 1).sum() >= MIN_HISTORY_SHOPPERS)
         self.min_history = min_history
+        if (before < min_history).any():
+            logger.info(
+                "replay: %d shoppers with %d or more events before the held-out one; %d "
+                "with fewer left out",
+                int((before >= min_history).sum()),
+                min_history,
+                int((before < min_history).sum()),
+            )
         held = held[before >= min_history]
         rng = np.random.default_rng(seed)
         if max_users is not None and len(held) > max_users:

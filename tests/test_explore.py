@@ -4,6 +4,7 @@ replay simulator."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -410,7 +411,7 @@ def test_build_chooses_explore_settings_by_validation_replay(built, monkeypatch)
     assert config == ExploreConfig() and report["why"].startswith("defaults: ")
 
 
-def test_replay_holds_out_shoppers_with_history_when_enough_have_one(built, monkeypatch):
+def test_replay_holds_out_shoppers_with_history_when_enough_have_one(built, monkeypatch, caplog):
     everyone = Replay(built, k=5, seed=0, max_users=None)
     assert everyone.min_history == 0  # one-off visitors only: replayed as cold start
     items = built.items["item_id"]
@@ -420,8 +421,11 @@ def test_replay_holds_out_shoppers_with_history_when_enough_have_one(built, monk
     with_history = set(counts[counts > 1].index)
     assert len(with_history) == 3
     monkeypatch.setattr("profiler.explore.MIN_HISTORY_SHOPPERS", 3)
-    replay = Replay(built, k=5, seed=0, max_users=None)
+    with caplog.at_level("INFO", logger="profiler.explore"):
+        replay = Replay(built, k=5, seed=0, max_users=None)
     assert replay.min_history == 1 and replay.held_users == with_history
+    said = "3 shoppers with 1 or more events before the held-out one; [1-9][0-9]* with fewer"
+    assert re.search(said, caplog.text)
     assert all(len(s["seen"]) >= 1 for s in replay.shoppers)
     assert Replay(built, k=5, seed=0, max_users=None, min_history=0).min_history == 0
     with pytest.raises(ValueError, match="no shopper with 2 or more events"):
