@@ -1433,9 +1433,10 @@ class Workspace:
             if r is not None:
                 scores.append(float(ranked.scores[r]))
                 reason = self._reasons(shopper, ranked, r, explained[r])
-            else:  # an arm's trending item the channels did not propose
+            else:  # an arm's most trending unseen item, which no channel proposed (an
+                # explore pick, or exploitation's once her ranking is used up)
                 scores.append(float("nan"))
-                reason = {"channels": ["explore"], "features": [], "closest": None}
+                reason = {"channels": ["arm"], "features": [], "closest": None}
             reason.update(source=source, propensity=round(float(propensity), 6))
             reasons.append(reason)
         return Results(
