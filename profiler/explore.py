@@ -888,11 +888,12 @@ MIN_VALIDATION_USERS = 50
 def choose_config(
     workspace,
     *,
-    users: int = 500,
+    users: int | None = 500,
     rounds: int = 10,
     k: int = 10,
     seed: int = VALIDATION_SEED,
     streams: Sequence[int] = VALIDATION_STREAMS,
+    skip_users: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[ExploreConfig, dict]:
     """Thompson's ``strength`` and ``prior_strength`` chosen by replay (:class:`Replay`)
     on a validation sample of the workspace's own shoppers, each setting replayed with
@@ -903,12 +904,13 @@ def choose_config(
     pay there: the least strength at the prior strength of the best setting. Returns the
     config and a report with every candidate's numbers and exploitation's. A
     workspace with fewer than ``MIN_VALIDATION_USERS`` shoppers to replay keeps the
-    defaults (the report says why)."""
+    defaults (the report says why). ``skip_users``: shoppers never replayed here (an
+    out-of-sample check keeps its test shoppers out)."""
     default = ExploreConfig()
     if not streams:
         raise ValueError("choose_config needs at least one random stream")
     try:
-        replay = Replay(workspace, k=k, seed=seed, max_users=users)
+        replay = Replay(workspace, k=k, seed=seed, max_users=users, skip_users=skip_users)
     except ValueError as exc:
         return default, {"chosen": default.to_dict(), "why": f"defaults: {exc}"}
     if len(replay.shoppers) < MIN_VALIDATION_USERS:

@@ -391,6 +391,11 @@ def test_build_chooses_explore_settings_by_validation_replay(built, monkeypatch)
     else:  # exploration did not pay on validation: the smallest explore share
         assert config.strength == 0.02
     assert config.policy == "thompson" and report["validation"]["users"] <= 50
+    # shoppers kept out of the validation (an out-of-sample check's test half)
+    held = sorted(Replay(built, k=5, max_users=None).held_users)
+    kept_out = set(held[:5])
+    _, report = choose_config(built, users=None, rounds=2, k=5, streams=(2,), skip_users=kept_out)
+    assert report["validation"]["users"] == len(held) - 5
     # the rule itself, on known numbers: a setting that loses to exploitation is not chosen
     scores = {0.02: 10.0, 0.05: 12.0, 0.1: 11.0, 0.3: 9.0}
 
