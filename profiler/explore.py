@@ -894,6 +894,7 @@ def choose_config(
     seed: int = VALIDATION_SEED,
     streams: Sequence[int] = VALIDATION_STREAMS,
     skip_users: frozenset[str] | set[str] = frozenset(),
+    min_history: int | None = None,
 ) -> tuple[ExploreConfig, dict]:
     """Thompson's ``strength`` and ``prior_strength`` chosen by replay (:class:`Replay`)
     on a validation sample of the workspace's own shoppers, each setting replayed with
@@ -905,12 +906,20 @@ def choose_config(
     config and a report with every candidate's numbers and exploitation's. A
     workspace with fewer than ``MIN_VALIDATION_USERS`` shoppers to replay keeps the
     defaults (the report says why). ``skip_users``: shoppers never replayed here (an
-    out-of-sample check keeps its test shoppers out)."""
+    out-of-sample check keeps its test shoppers out); ``min_history`` as in
+    :class:`Replay`."""
     default = ExploreConfig()
     if not streams:
         raise ValueError("choose_config needs at least one random stream")
     try:
-        replay = Replay(workspace, k=k, seed=seed, max_users=users, skip_users=skip_users)
+        replay = Replay(
+            workspace,
+            k=k,
+            seed=seed,
+            max_users=users,
+            skip_users=skip_users,
+            min_history=min_history,
+        )
     except ValueError as exc:
         return default, {"chosen": default.to_dict(), "why": f"defaults: {exc}"}
     if len(replay.shoppers) < MIN_VALIDATION_USERS:
@@ -922,10 +931,9 @@ def choose_config(
     # exploitation draws nothing at random: one stream is all of them; the prior strength
     # matters to it too (once her ranking is used up it follows the posterior means)
     exploits = {
-        k: replay.run(replace(default, policy="exploit", prior_strength=k), rounds=rounds)
+        k: replay.run(replace(default, policy="exploit", prior_strength=k), rounds=rounds).summary()
         for k in PRIOR_STRENGTHS
     }
-    exploits = {k: result.summary() for k, result in exploits.items()}
     candidates = []
     for strength in STRENGTHS:
         for prior_strength in PRIOR_STRENGTHS:

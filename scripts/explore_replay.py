@@ -38,7 +38,12 @@ def two_fold(ws, *, rounds: int, k: int, seed: int, max_users: int | None) -> li
     rows = []
     for fold, (choose_on, test_on) in enumerate([halves, halves[::-1]]):
         config, report = choose_config(
-            ws, users=None, rounds=rounds, k=k, skip_users=everyone - choose_on
+            ws,
+            users=None,
+            rounds=rounds,
+            k=k,
+            skip_users=everyone - choose_on,
+            min_history=full.min_history,  # a half's own count could pick another
         )
         test = Replay(
             ws,
