@@ -145,6 +145,7 @@ def test_a_used_up_ranking_continues_with_the_best_arm_and_keeps_the_explore_sha
     exploit = slate(ExploreConfig(policy="exploit"))
     assert exploit.positions.tolist() == [2, 4, 5, 6] and set(exploit.sources) == {"exploit"}
     config = ExploreConfig(strength=0.5, prior_strength=4.0)
+    after = []  # the sources of the slots after her ranking is used up
     for seed in range(20):
         shown = slate(config, seed)
         rows = zip(shown.slot_distributions, shown.positions, shown.sources)
@@ -154,6 +155,10 @@ def test_a_used_up_ranking_continues_with_the_best_arm_and_keeps_the_explore_sha
                 assert dist[int(item)] >= 0.5
                 ranked_left = 2 not in shown.positions[:slot]
                 assert item == 2 if ranked_left else arms.of_item[item] == 1  # then arm B
+            if 2 in shown.positions[:slot]:
+                after.append(source)
+    # exploration keeps its share (half) there instead of taking every slot
+    assert 0.3 < after.count("exploit") / len(after) < 0.7
     # a replay's slates (no propensities): the same policy, one Thompson draw per slot
     fast = slate(config, propensities=False)
     assert len(set(fast.positions.tolist())) == 4 and np.isnan(fast.propensities).all()
