@@ -99,3 +99,23 @@ def replacing(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def read_frame(path: str | os.PathLike[str]):
+    """``pd.read_parquet``, with every Arrow-backed column in one chunk.
+
+    Parquet row groups arrive as chunks, and taking rows from a chunked Arrow column
+    costs per chunk: reading one shopper's 3 events from 900k (7 chunks, 6 text columns)
+    took 7.0 ms, and 0.6 ms from single chunks."""
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = pd.read_parquet(path)
+    for name in frame.columns:
+        values = frame[name].array
+        if hasattr(values, "__arrow_array__"):
+            chunked = pa.array(values)
+            if isinstance(chunked, pa.ChunkedArray) and chunked.num_chunks > 1:
+                combined = pd.array(chunked.combine_chunks(), dtype=frame[name].dtype)
+                frame[name] = pd.Series(combined, index=frame.index)
+    return frame

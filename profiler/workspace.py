@@ -57,6 +57,7 @@ from profiler.ranking import (
     load_scorer,
     mmr,
     save_scorer,
+    tune_candidate_search,
 )
 from profiler.recommender import Corpus, Query
 from profiler.retrieval import (
@@ -67,8 +68,9 @@ from profiler.retrieval import (
     Interactions,
     LexicalIndex,
 )
-from profiler.storage import atomic_path, read_json, save_npy, write_json
+from profiler.storage import atomic_path, read_frame, read_json, save_npy, write_json
 from profiler.store import Generation, Lease, Store
+from profiler.text import FIELD_LABELS
 from profiler.vectors import FaissIndex, VectorIndex, load_index
 
 __all__ = ["FORMAT_VERSION", "Results", "UnknownUserError", "Workspace", "item_document"]
@@ -130,11 +132,12 @@ def _check_manifest(manifest: dict, path: Path) -> None:
 
 def item_document(row: pd.Series | dict) -> str:
     """The text that represents an item: title, category, brand and description."""
+    category, brand = FIELD_LABELS
     parts = [row["title"]]
     if row.get("category"):
-        parts.append(f"Category: {row['category']}")
+        parts.append(f"{category}: {row['category']}")
     if row.get("brand"):
-        parts.append(f"Brand: {row['brand']}")
+        parts.append(f"{brand}: {row['brand']}")
     if row.get("description"):
         parts.append(row["description"])
     return ". ".join(parts)
@@ -970,6 +973,10 @@ class Workspace:
         }
         items.frame["display_title"] = display_titles(items.frame, event_frame)
         ws._titles = dict(zip(items.frame["item_id"], items.frame["display_title"]))
+        with _one_thread():
+            manifest["recommender"]["candidate_search"] = tune_candidate_search(
+                ws._model, ws._validation_queries
+            )
         _write_parquet(target / "items.parquet", items.frame)
         manifest["index"] = {"spec": index_spec, "backend": "faiss"}
         uri = parse_spec(index_spec)
@@ -1123,8 +1130,8 @@ class Workspace:
             )
         dim = manifest["model"]["dim"]
         index = load_index(data, "items", model_id=built_with, dim=dim, mmap=mmap)
-        items = pd.read_parquet(data / "items.parquet")
-        events = pd.read_parquet(data / "events.parquet")
+        items = read_frame(data / "items.parquet")
+        events = read_frame(data / "events.parquet")
         event_vectors = np.load(
             data / "event_vectors.npy", allow_pickle=False, mmap_mode="r" if mmap else None
         )
@@ -1189,6 +1196,33 @@ class Workspace:
             item_prices=items["price"].tolist(),
             item_titles=items["title"].tolist(),
         )
+
+    def _validation_queries(self, n: int = 150, seed: int = 0) -> list[tuple[Query, bool]]:
+        """Up to ``n`` known shoppers (served from their stored profiles) and ``n`` texts
+        (distinct event texts, then item titles), sampled with ``seed``: what the
+        candidate-search tuning measures recommendations on."""
+        rng = np.random.default_rng(seed)
+        users = sorted(self._user_rows)
+        chosen = rng.choice(len(users), size=min(n, len(users)), replace=False)
+        rows = self._user_rows
+        queries = [
+            (Query(users[i], self.events.iloc[rows[users[i]]]), True) for i in sorted(chosen)
+        ]
+        texts = self.events["text"].dropna()
+        texts = texts[texts.str.strip() != ""].drop_duplicates().tolist()
+        if len(texts) > n:
+            texts = [texts[i] for i in np.sort(rng.choice(len(texts), n, replace=False))]
+        titles = self.items["title"].dropna().drop_duplicates().tolist()
+        if len(texts) < n and titles:
+            wanted = min(n - len(texts), len(titles))
+            texts += [titles[i] for i in np.sort(rng.choice(len(titles), wanted, replace=False))]
+        if texts:
+            vectors = self.embedder.encode(texts, store=False)
+            empty = self.events.iloc[:0]
+            queries += [
+                (Query(None, empty, (t,), v[None, :]), False) for t, v in zip(texts, vectors)
+            ]
+        return queries
 
     def _item_text(self, position: int) -> str:
         """The text that represents the item at a catalogue position."""
@@ -1323,7 +1357,9 @@ class Workspace:
             extra = None
             if allowed is not None and np.any(shopper.profile.vector):
                 # a filter may leave few candidates: a wider dense search, kept to the filter
-                found = self.item_index.search(shopper.profile.vector, max(200, 20 * k))
+                found = self.item_index.search(
+                    shopper.profile.vector, max(200, 20 * k), candidates=True
+                )
                 hits = catalogue.positions_of([i for i in found.ids[0] if i is not None])
                 extra = hits[allowed[hits]]
             ranked = model.rank(shopper, extra=extra)

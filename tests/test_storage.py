@@ -44,3 +44,23 @@ def test_replacing_swaps_a_whole_directory_in_or_leaves_the_old_one(tmp_path):
     with replacing(target) as staging:
         (staging / "b.json").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["b.json"]
+
+
+def test_read_frame_gives_one_chunk_per_text_column_and_the_same_frame(tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from profiler.storage import read_frame
+
+    frame = pd.DataFrame({"user_id": [f"u{i}" for i in range(3000)], "rating": range(3000)})
+    frame.loc[5, "user_id"] = None
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "e.parquet", row_group_size=500)
+
+    def chunks(column: pd.Series) -> int:
+        return getattr(pa.array(column.array), "num_chunks", 1)  # one chunk: a plain Array
+
+    assert chunks(pd.read_parquet(tmp_path / "e.parquet")["user_id"]) == 6
+    read = read_frame(tmp_path / "e.parquet")
+    pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "e.parquet"))
+    assert chunks(read["user_id"]) == 1
