@@ -37,7 +37,7 @@ from scipy import sparse
 
 from profiler.profiles import SECONDS_PER_DAY, UserProfile
 from profiler.storage import atomic_path, read_json, save_npy, write_json
-from profiler.text import TOKEN_PATTERN, segment
+from profiler.text import TOKEN_PATTERN, segment, strip_field_labels
 from profiler.vectors import VectorIndex
 
 __all__ = [
@@ -347,7 +347,7 @@ class LexicalIndex:
 
         self.n_items_ = len(documents)
         tokens = bm25s.tokenize(
-            [segment(d) for d in documents],
+            [segment(strip_field_labels(d)) for d in documents],
             stopwords="en",
             token_pattern=TOKEN_PATTERN,
             show_progress=False,
@@ -360,7 +360,7 @@ class LexicalIndex:
         """BM25 score of every item for the texts joined into one query (zeros: no text)."""
         import bm25s
 
-        joined = " ".join(t for t in texts if t)
+        joined = " ".join(strip_field_labels(t) for t in texts if t)
         if not joined.strip():
             return np.zeros(self.n_items_, np.float32)
         tokens = bm25s.tokenize(
@@ -487,7 +487,7 @@ class CandidateGenerator:
             # one call, 9.8 ms each in three)
             queries = np.vstack([vector[None, :], centres]) if has_vector else centres
             fetch = max(cfg.dense if has_vector else 0, cfg.centre if len(centres) else 0)
-            found = self.item_index.search(queries, fetch, exclude=exclude)
+            found = self.item_index.search(queries, fetch, exclude=exclude, candidates=True)
             rows = list(zip(found.ids, found.scores))
             if has_vector:
                 ids, scores = rows.pop(0)
@@ -520,7 +520,7 @@ class CandidateGenerator:
         neighbour_vector = np.zeros_like(vector)
         if has_vector and self.user_index is not None and len(self.user_index):
             skip = {shopper.user_id} if shopper.user_id is not None else None
-            found = self.user_index.search(vector, cfg.neighbours, exclude=skip)
+            found = self.user_index.search(vector, cfg.neighbours, exclude=skip, candidates=True)
             ids = [u for u in found.ids[0] if u is not None]
             sims = np.maximum(found.scores[0][: len(ids)].astype(np.float64), 0.0)
             if len(ids) and sims.sum() > 0:
@@ -649,10 +649,14 @@ def _members(codes: np.ndarray, n_codes: int) -> list[np.ndarray]:
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest positive scores, best first."""
+    """Indices of the ``k`` highest positive scores, best first; among scores tied at the
+    k-th, the lower indices."""
     positive = np.flatnonzero(scores > 0)
     if len(positive) > k:
-        positive = positive[np.argpartition(-scores[positive], k - 1)[:k]]
+        values = scores[positive]
+        kth = np.partition(values, len(values) - k)[len(values) - k]
+        above = positive[values > kth]
+        positive = np.concatenate([above, positive[values == kth][: k - len(above)]])
     return positive[np.lexsort((positive, -scores[positive]))]
 
 

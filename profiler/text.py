@@ -24,7 +24,16 @@ import logging
 import re
 import unicodedata
 
-__all__ = ["TOKEN_PATTERN", "has_cjk", "prepare", "segment", "shorten", "words"]
+__all__ = [
+    "FIELD_LABELS",
+    "TOKEN_PATTERN",
+    "has_cjk",
+    "prepare",
+    "segment",
+    "shorten",
+    "strip_field_labels",
+    "words",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,17 @@ _CJK_RUN = re.compile(f"[{_CJK}]+")
 #: Words for lexical models: 2+ word characters, or one Chinese character
 TOKEN_PATTERN = rf"(?u)\b\w\w+\b|[{_CJK}]"
 _TOKEN = re.compile(TOKEN_PATTERN)
+#: Labels an item's text puts before its category and brand (``"Title. Category: Dresses.
+#: Brand: Acme"``, :func:`profiler.workspace.item_document`).
+FIELD_LABELS = ("Category", "Brand")
+_FIELD_LABEL = re.compile(rf"(?:^|(?<=\. ))(?:{'|'.join(FIELD_LABELS)}): ")
+
+
+def strip_field_labels(text: str) -> str:
+    """``text`` without the field labels of an item's text, for BM25: every item with a
+    category holds the word "category", so it scores nothing and its postings list is
+    the whole catalogue (at 1M items, two such words were 10 of a query's 15 ms)."""
+    return _FIELD_LABEL.sub("", text)
 
 
 def has_cjk(text: str) -> bool:

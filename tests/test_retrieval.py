@@ -188,3 +188,12 @@ def test_sparse_helpers_agree_with_dense():
     row = matrix[2]
     wanted = np.arange(9)
     np.testing.assert_allclose(_sparse_lookup(row.indices, row.data, wanted), row.toarray().ravel())
+
+
+def test_top_keeps_the_lower_positions_among_ties_at_the_kth_score():
+    from profiler.retrieval import _top
+
+    scores = np.array([0.0, 2.0, 1.0, 1.0, 3.0, 1.0, -1.0, 1.0])
+    np.testing.assert_array_equal(_top(scores, 3), [4, 1, 2])
+    np.testing.assert_array_equal(_top(scores, 4), [4, 1, 2, 3])
+    np.testing.assert_array_equal(_top(scores, 10), [4, 1, 2, 3, 5, 7])  # positives only

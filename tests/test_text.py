@@ -76,3 +76,18 @@ def test_thucnews_reader_keeps_one_category_per_headline_and_names_bad_lines(tmp
     ]
     with pytest.raises(ValueError, match=r"line 2: no tab-separated text"):
         thucnews_headlines(sdist(["sports\t国足客场取胜", "a line without a tab"]))
+
+
+def test_field_labels_are_stripped_for_bm25_but_words_elsewhere_are_kept():
+    from profiler.retrieval import LexicalIndex
+    from profiler.text import strip_field_labels
+    from profiler.workspace import item_document
+
+    document = item_document({"title": "Red dress", "category": "Dresses", "brand": "Acme"})
+    assert document == "Red dress. Category: Dresses. Brand: Acme"
+    assert strip_field_labels(document) == "Red dress. Dresses. Acme"
+    assert strip_field_labels("a brand new coat. Brand: x") == "a brand new coat. x"
+    documents = [document, item_document({"title": "Blue coat", "category": "Coats"})]
+    lexical = LexicalIndex().fit(documents)
+    assert "category" not in lexical.bm25_.vocab_dict and "brand" not in lexical.bm25_.vocab_dict
+    assert lexical.scores(["Category: Coats"])[1] > 0 == lexical.scores(["Category: Coats"])[0]
