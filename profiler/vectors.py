@@ -246,7 +246,12 @@ class VectorIndex(ABC):
         return self._get(labels)
 
     def search(
-        self, queries: np.ndarray, k: int = 10, *, exclude: Collection[str] | None = None
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        exclude: Collection[str] | None = None,
+        candidates: bool = False,
     ) -> SearchResult:
         """Return the ``k`` best ids and scores for each query.
 
@@ -259,6 +264,10 @@ class VectorIndex(ABC):
         exclude : collection of str, optional
             Ids never returned (items a user already interacted with); unknown ids are
             ignored.
+        candidates : bool
+            The search proposes candidates for a ranker, which tolerates a lower recall:
+            an approximate index may search faster than its tuned recall (see
+            :attr:`FaissIndex.candidate_nprobe_`). Exact backends ignore it.
 
         Returns
         -------
@@ -279,7 +288,8 @@ class VectorIndex(ABC):
             return SearchResult(ids, scores)
         excluded = self._excluded_labels(exclude)
         fetch = min(k + len(excluded), len(self))
-        raw_scores, raw_labels = self._search(np.ascontiguousarray(queries), fetch)
+        search = self._search_candidates if candidates else self._search
+        raw_scores, raw_labels = search(np.ascontiguousarray(queries), fetch)
         for row in range(n):
             keep = raw_labels[row] >= 0
             if len(excluded):
@@ -435,6 +445,10 @@ class VectorIndex(ABC):
     @abstractmethod
     def _save_vectors(self, path: Path) -> None: ...
 
+    def _search_candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_search` for ``search(..., candidates=True)``; the same by default."""
+        return self._search(queries, k)
+
     @abstractmethod
     def _load_vectors(self, path: Path, id_map: IdMap, *, mmap: bool = False) -> None: ...
 
@@ -566,6 +580,11 @@ class FaissIndex(VectorIndex):
         Recall@10 the tuning queries reached at ``nprobe_``.
     trained_size_ : int or None
         Number of vectors when the IVF structure was trained.
+    candidate_nprobe_ : int or None
+        ``nprobe`` of ``search(..., candidates=True)``, set by whoever measured what the
+        candidates' consumer tolerates (:func:`profiler.ranking.tune_candidate_search`:
+        the recommendations barely change); ``None``: ``nprobe_``. A new structure
+        (:meth:`optimize`) resets it.
 
     Examples
     --------
@@ -625,6 +644,7 @@ class FaissIndex(VectorIndex):
         self.nprobe_: int | None = None
         self.tuned_recall_: float | None = None
         self.trained_size_: int | None = None
+        self.candidate_nprobe_: int | None = None
         self._index = self._new_flat()
         self._gpu_index = None
 
@@ -671,6 +691,7 @@ class FaissIndex(VectorIndex):
         _, labels = self._id_map.to_arrays()
         vectors = self._get(labels) if len(labels) else np.empty((0, self.dim), np.float32)
         self._gpu_index = None
+        self.candidate_nprobe_ = None  # measured for the old structure
         if target == "Flat":
             self._index = self._new_flat()
             self._index.add_with_ids(vectors, labels)
@@ -797,6 +818,7 @@ class FaissIndex(VectorIndex):
             "nprobe_tuned": self.nprobe_,
             "tuned_recall": self.tuned_recall_,
             "trained_size": self.trained_size_,
+            "nprobe_candidates": self.candidate_nprobe_,
         }
 
     @classmethod
@@ -815,6 +837,7 @@ class FaissIndex(VectorIndex):
         index.nprobe_ = manifest.get("nprobe_tuned")
         index.tuned_recall_ = manifest.get("tuned_recall")
         index.trained_size_ = manifest.get("trained_size")
+        index.candidate_nprobe_ = manifest.get("nprobe_candidates")
         return index
 
     def _save_vectors(self, path: Path) -> None:
@@ -863,14 +886,21 @@ class FaissIndex(VectorIndex):
         return self._index.reconstruct_batch(np.ascontiguousarray(labels, dtype=np.int64))
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._search_at(queries, k, self.nprobe_)
+
+    def _search_candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._search_at(queries, k, self.candidate_nprobe_ or self.nprobe_)
+
+    def _search_at(
+        self, queries: np.ndarray, k: int, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.structure_ == "Flat":
             return self._searcher().search(queries, k)
         nlist = self._nlist()
-        scores, labels = self._search_ivf(queries, k, self.nprobe_)
+        scores, labels = self._search_ivf(queries, k, nprobe)
         # An IVF search returns fewer than k hits when the scanned lists hold fewer than k
         # items; rescan those queries with more lists so padding only ever means that the
         # index holds fewer than k items, as with exact search.
-        nprobe = self.nprobe_
         short = np.flatnonzero((labels < 0).any(axis=1))
         while len(short) and nprobe < nlist:
             nprobe = min(2 * nprobe, nlist)

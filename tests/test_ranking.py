@@ -150,3 +150,80 @@ class TestMMR:
     def test_invalid_diversity(self, diversity):
         with pytest.raises(ValueError, match="diversity"):
             mmr(np.zeros(3), np.eye(3), 2, diversity)
+
+
+def test_exact_workspaces_skip_candidate_tuning_and_validation_queries_hold_both_kinds(
+    tiny_workspace_template, embedder, tmp_path
+):
+    from tests.conftest import copy_workspace
+
+    ws = copy_workspace(tiny_workspace_template, tmp_path, embedder)
+    assert "skipped" in ws.manifest["recommender"]["candidate_search"]
+    queries = ws._validation_queries(n=10)
+    known = [q for q, stored in queries if stored]
+    texts = [q for q, stored in queries if not stored]
+    assert len(known) == 10 and all(len(q.events) for q in known)
+    assert len(texts) == 10 and all(q.text_vectors.shape == (1, 384) for q in texts)
+    ws.close()
+
+
+def test_candidate_search_keeps_the_recommendations_it_measured():
+    """On the real bundled shoppers and items (fake encoder, untrained blend: fast), with
+    IVF item and user indexes: the smallest tried nprobe whose recommendations keep
+    CANDIDATE_AGREEMENT of the tuned searches' top 10 is chosen, and serving with it
+    keeps that share."""
+    from profiler.ranking import CANDIDATE_AGREEMENT, tune_candidate_search
+    from profiler.recommender import Query
+    from tests.conftest import HashingEncoder
+
+    encoder = HashingEncoder(dim=32)
+    items = pd.read_parquet(clothing_catalog())
+    events = pd.read_parquet(clothing_events())
+    events = events[events["item_id"].isin(items["item_id"])].reset_index(drop=True)
+    texts = pd.unique(events["text"])
+    events["text_row"] = events["text"].map({t: r for r, t in enumerate(texts)})
+    events["rating"] = events["rating"].astype(float)
+    documents = [item_document(r) for r in items.to_dict(orient="records")]
+    corpus = Corpus(
+        item_ids=items["item_id"].tolist(),
+        item_vectors=encoder.encode(documents),
+        item_texts=documents,
+        item_categories=items["category"].fillna("").tolist(),
+        events=events,
+        text_vectors=encoder.encode(list(texts)),
+    )
+    model = TwoStageRecommender().fit(corpus, train=False)
+    assert "skipped" in tune_candidate_search(model, lambda: [])
+    for index, threshold in ((model.item_index_, 500), (model.state_.user_index, 1000)):
+        index.ann_threshold = threshold
+        index.optimize()
+        assert index.structure_.startswith("IVF") and index.nprobe_ > 4
+    rng = np.random.default_rng(0)
+    users = rng.choice(sorted(events["user_id"].unique()), 60, replace=False)
+    queries = [(Query(u, events[events["user_id"] == u]), True) for u in users]
+    for text in rng.choice(texts, 60, replace=False):
+        queries.append((Query(None, events.iloc[:0], (text,), encoder.encode([text])), False))
+    report = tune_candidate_search(model, lambda: queries)
+    assert set(report["nprobe"]) == {"items", "users"}
+    tried = report["fractions"]
+    passed = [t["fraction"] for t in tried if min(t["agreement"].values()) >= CANDIDATE_AGREEMENT]
+    assert passed == [t["fraction"] for t in tried[: len(passed)]]  # stops at the first miss
+    assert report["chosen"] == (passed[-1] if passed else 1.0)
+    for index in (model.item_index_, model.state_.user_index):
+        wanted = int(np.ceil(index.nprobe_ * report["chosen"]))
+        assert index.candidate_nprobe_ == (wanted if wanted < index.nprobe_ else None)
+
+    def tops() -> list[np.ndarray]:
+        return [model.rank(model.shopper(q, stored=s)).positions[:10] for q, s in queries]
+
+    served = tops()
+    for index in (model.item_index_, model.state_.user_index):
+        index.candidate_nprobe_ = None  # the tuned searches
+    reference = tops()
+    for kind in (True, False):
+        kept = [
+            len(np.intersect1d(a, b)) / max(1, len(a))
+            for (_, stored), a, b in zip(queries, reference, served)
+            if stored == kind
+        ]
+        assert np.mean(kept) >= CANDIDATE_AGREEMENT
