@@ -612,8 +612,16 @@ def build_workspace(path: Path, files: ShopFiles) -> dict:
         "target_s": BUILD_TARGET_S,
         "peak_rss_mib": peak_rss_mib(),
         "counts": ws.manifest["counts"],
-        "item_index": {"structure": items.structure_, "nprobe": items.nprobe_},
-        "user_index": {"structure": users.structure_, "nprobe": users.nprobe_},
+        "item_index": {
+            "structure": items.structure_,
+            "nprobe": items.nprobe_,
+            "candidates": getattr(items, "candidate_nprobe_", None),
+        },
+        "user_index": {
+            "structure": users.structure_,
+            "nprobe": users.nprobe_,
+            "candidates": getattr(users, "candidate_nprobe_", None),
+        },
         "recommender": ws.manifest["recommender"],
         "disk_mib": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20,
         "log": handler.lines,
@@ -786,6 +794,14 @@ def format_scale_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _nprobe(index: dict) -> str:
+    """``IVF4096,SQfp16 nprobe 627 (candidates 79)``: the tuned and the channels' nprobe."""
+    text = f"{index['structure']} nprobe {index['nprobe']}"
+    if index.get("candidates"):
+        text += f" (candidates {index['candidates']})"
+    return text
+
+
 def _ok(passed: bool) -> str:
     return "ok" if passed else "MISS"
 
@@ -881,8 +897,7 @@ def scale(args: argparse.Namespace) -> int:
             f"build        {build['seconds']:8.1f} s    target <= {BUILD_TARGET_S} s "
             f"{_ok(build['seconds'] <= BUILD_TARGET_S)}   (peak RSS of the building process "
             f"{build['peak_rss_mib'] / 1024:.1f} GiB; workspace {build['disk_mib']:.0f} MiB; "
-            f"items {build['item_index']['structure']} nprobe {build['item_index']['nprobe']}, "
-            f"users {build['user_index']['structure']} nprobe {build['user_index']['nprobe']})"
+            f"items {_nprobe(build['item_index'])}, users {_nprobe(build['user_index'])})"
         )
         print(f"ranker       {build['recommender']['why']}")
     memory = serving["memory"]

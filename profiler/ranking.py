@@ -524,6 +524,7 @@ class TwoStageRecommender(Recommender):
     ) -> TwoStageRecommender:
         """Fit the channels' state on ``corpus.events`` and train the scorer on them."""
         self.builder_ = ProfileBuilder(self.config)
+        self.search_effort_: dict[str, float] = {}  # the tuned searches until measured
         self.channels_ = self.channels or ChannelConfig()
         self.ranker_ = self.ranker or RankerConfig()
         self.corpus_ = corpus
@@ -560,9 +561,11 @@ class TwoStageRecommender(Recommender):
         scorer: Scorer,
         report: dict,
         state: State,
+        search_effort: dict[str, float] | None = None,
     ) -> TwoStageRecommender:
         """A fitted recommender from stored parts (a workspace opened for serving)."""
         model = cls(config, channels, ranker)
+        model.search_effort_ = dict(search_effort or {})
         model.builder_ = ProfileBuilder(config)
         model.channels_, model.ranker_ = channels, ranker
         model.catalogue_, model.item_index_, model.lexical_ = catalogue, item_index, lexical
@@ -593,6 +596,7 @@ class TwoStageRecommender(Recommender):
             state.interactions,
             self.lexical_,
             self.item_text_,
+            getattr(self, "search_effort_", None),
         )
 
     # -- serving --------------------------------------------------------------------------
@@ -694,6 +698,7 @@ class TwoStageRecommender(Recommender):
             "ranker": self.ranker_.to_dict(),
             "scorer": self.scorer_.to_dict(),
             "training": self.report_,
+            "search_effort": self.generator_.effort,
         }
 
 
@@ -711,20 +716,17 @@ def tune_candidate_search(
     ``search`` promises), but the channels only propose candidates that the ranker then
     orders with every other channel's, and a candidate missed by the dense search is
     often proposed by another channel or would not have reached the top anyway. So each
-    fraction of :data:`CANDIDATE_FRACTIONS` of the tuned ``nprobe`` (both indexes alike)
-    is tried on the queries ``make_queries()`` returns (``(query, stored)``: known
-    shoppers from their stored profiles, and texts; called only when an index is IVF),
-    and the smallest fraction whose recommendations keep at least
-    :data:`CANDIDATE_AGREEMENT` of each shopper's top ``k`` on average, for known shoppers
-    and texts alike, becomes the indexes' ``candidate_nprobe_``.
-    Measured at 1M items x 300k shoppers (the synthetic shop of
-    ``benchmarks/recommend.py``): half the ``nprobe`` kept 0.999 of known shoppers' top 10
-    and 0.983 of one-text shoppers', a quarter 0.991 and 0.967, an eighth 0.995 and
-    0.943; a known shopper's recommend took 54.5 ms on average at the tuned ``nprobe``,
-    44.8 at a half and 31.6 at a quarter.
+    share of :data:`CANDIDATE_FRACTIONS` of the tuned ``nprobe`` (both indexes alike) is
+    tried on the queries ``make_queries()`` returns (``(query, stored)``: known shoppers
+    from their stored profiles, and texts; called only when an index is IVF). For known
+    shoppers and for texts apart, the smallest share whose recommendations keep at least
+    :data:`CANDIDATE_AGREEMENT` of each query's top ``k`` on average (tried in order,
+    until one misses) becomes the model's ``search_effort_`` for that kind: a one-text
+    shopper's list comes mostly from the dense search, a known shopper's from many
+    channels, and they tolerate different shares.
 
     Exact (``Flat``) indexes have nothing to trade: the report says so. Returns the report
-    (``fractions``: agreement per fraction tried, ``chosen``, ``nprobe`` per index).
+    (``fractions``: agreement per share tried, ``effort`` per kind, ``nprobe``).
     """
     indexes = {
         name: index
@@ -734,53 +736,67 @@ def tune_candidate_search(
     if not indexes:
         return {"skipped": "exact indexes: candidate searches are exact"}
     queries = list(make_queries())
-    kinds = sorted({stored for _, stored in queries})
     if not queries:
         return {"skipped": "no queries to measure on"}
+    names = {True: "known", False: "texts"}
+    kinds = [names[stored] for _, stored in queries]
 
-    def top_lists() -> list[np.ndarray]:
-        lists = []
-        for query, stored in queries:
-            ranked = model.rank(model.shopper(query, stored=stored))
-            lists.append(ranked.positions[:k])
-        return lists
+    def top_lists(effort: dict[str, float]) -> list[np.ndarray | None]:
+        """Each query's top ``k`` at these efforts (``None`` for kinds not asked)."""
+        model.generator_.effort.update(effort)
+        return [
+            model.rank(model.shopper(query, stored=stored)).positions[:k]
+            if kind in effort
+            else None
+            for (query, stored), kind in zip(queries, kinds)
+        ]
 
-    for index in indexes.values():
-        index.candidate_nprobe_ = None
-    reference = top_lists()
-    report: dict = {"agreement_needed": CANDIDATE_AGREEMENT, "queries": len(queries)}
-    tried, chosen = [], 1.0
+    reference = top_lists({"known": 1.0, "texts": 1.0})
+    chosen = {kind: 1.0 for kind in set(kinds)}
+    open_kinds = set(chosen)
+    tried = []
     for fraction in CANDIDATE_FRACTIONS:
-        for index in indexes.values():
-            index.candidate_nprobe_ = max(1, int(np.ceil(index.nprobe_ * fraction)))
-        found = top_lists()
+        found = top_lists({kind: fraction for kind in open_kinds})
         agreement = {}
-        for kind in kinds:
+        for kind in sorted(open_kinds):
             shares = [
                 len(np.intersect1d(a, b)) / max(1, len(a))
-                for (_, stored), a, b in zip(queries, reference, found)
-                if stored == kind
+                for got, a, b in zip(kinds, reference, found)
+                if got == kind
             ]
-            agreement["known" if kind else "texts"] = round(float(np.mean(shares)), 4)
+            agreement[kind] = round(float(np.mean(shares)), 4)
+            if agreement[kind] >= CANDIDATE_AGREEMENT:
+                chosen[kind] = fraction
+            else:
+                open_kinds.discard(kind)  # stops at its first miss
         tried.append({"fraction": fraction, "agreement": agreement})
-        if min(agreement.values()) < CANDIDATE_AGREEMENT:
+        if not open_kinds:
             break
-        chosen = fraction
-    for index in indexes.values():
-        nprobe = int(np.ceil(index.nprobe_ * chosen))
-        index.candidate_nprobe_ = nprobe if nprobe < index.nprobe_ else None
-    report.update(
-        fractions=tried,
-        chosen=chosen,
-        nprobe={
-            name: {"tuned": index.nprobe_, "candidates": index.candidate_nprobe_ or index.nprobe_}
+    model.search_effort_ = {"known": 1.0, "texts": 1.0, **chosen}
+    model.generator_.effort.update(model.search_effort_)
+    report = {
+        "agreement_needed": CANDIDATE_AGREEMENT,
+        "queries": {kind: kinds.count(kind) for kind in sorted(chosen)},
+        "fractions": tried,
+        "effort": model.search_effort_,
+        "nprobe": {
+            name: {
+                "tuned": index.nprobe_,
+                **{
+                    kind: max(1, int(np.ceil(index.nprobe_ * share)))
+                    for kind, share in model.search_effort_.items()
+                },
+            }
             for name, index in indexes.items()
         },
-    )
+    }
     logger.info(
-        "candidate searches at %s of the tuned nprobe (%s): %s",
-        chosen,
-        ", ".join(f"{n} {v['candidates']} of {v['tuned']}" for n, v in report["nprobe"].items()),
+        "candidate searches: known shoppers at %s of the tuned nprobe, texts at %s (%s): %s",
+        model.search_effort_["known"],
+        model.search_effort_["texts"],
+        ", ".join(
+            f"{n} {v['known']}/{v['texts']} of {v['tuned']}" for n, v in report["nprobe"].items()
+        ),
         "; ".join(f"{t['fraction']:g}: {t['agreement']}" for t in tried),
     )
     return report

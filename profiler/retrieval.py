@@ -445,6 +445,10 @@ class CandidateGenerator:
     lexical : LexicalIndex or None
     item_text : callable
         Catalogue position -> item text; her items' texts are pieces of the BM25 query.
+    effort : dict, optional
+        Share of the indexes' tuned search work the item and user searches spend, for a
+        known shopper (``"known"``) and a shopper described by texts (``"texts"``); 1
+        (default): the tuned searches (see :func:`profiler.ranking.tune_candidate_search`).
     """
 
     def __init__(
@@ -456,8 +460,10 @@ class CandidateGenerator:
         interactions: Interactions,
         lexical: LexicalIndex | None,
         item_text: Callable[[int], str],
+        effort: dict[str, float] | None = None,
     ) -> None:
         self.config = config
+        self.effort = {"known": 1.0, "texts": 1.0, **(effort or {})}
         self.catalogue = catalogue
         self.item_index = item_index
         self.user_index = user_index
@@ -467,6 +473,11 @@ class CandidateGenerator:
         self._by_category = _members(catalogue.categories, len(catalogue.category_names))
         self._by_brand = _members(catalogue.brands, len(catalogue.brand_names))
 
+    def effort_for(self, shopper: Shopper) -> float | None:
+        """The search effort for ``shopper`` (``None``: the tuned searches)."""
+        effort = self.effort["known" if shopper.user_id is not None else "texts"]
+        return None if effort >= 1.0 else effort
+
     def generate(self, shopper: Shopper, extra: np.ndarray | None = None) -> Candidates:
         """The candidates for ``shopper`` (never an item she has seen); ``extra`` adds
         positions of the caller's own (a filtered search)."""
@@ -475,6 +486,7 @@ class CandidateGenerator:
         proposed: dict[str, np.ndarray] = {}
         seen = shopper.seen
         exclude = set(seen)
+        effort = self.effort_for(shopper)
 
         vector = profile.vector
         has_vector = bool(np.any(vector))
@@ -487,7 +499,7 @@ class CandidateGenerator:
             # one call, 9.8 ms each in three)
             queries = np.vstack([vector[None, :], centres]) if has_vector else centres
             fetch = max(cfg.dense if has_vector else 0, cfg.centre if len(centres) else 0)
-            found = self.item_index.search(queries, fetch, exclude=exclude, candidates=True)
+            found = self.item_index.search(queries, fetch, exclude=exclude, effort=effort)
             rows = list(zip(found.ids, found.scores))
             if has_vector:
                 ids, scores = rows.pop(0)
@@ -520,7 +532,7 @@ class CandidateGenerator:
         neighbour_vector = np.zeros_like(vector)
         if has_vector and self.user_index is not None and len(self.user_index):
             skip = {shopper.user_id} if shopper.user_id is not None else None
-            found = self.user_index.search(vector, cfg.neighbours, exclude=skip, candidates=True)
+            found = self.user_index.search(vector, cfg.neighbours, exclude=skip, effort=effort)
             ids = [u for u in found.ids[0] if u is not None]
             sims = np.maximum(found.scores[0][: len(ids)].astype(np.float64), 0.0)
             if len(ids) and sims.sum() > 0:

@@ -251,7 +251,7 @@ class VectorIndex(ABC):
         k: int = 10,
         *,
         exclude: Collection[str] | None = None,
-        candidates: bool = False,
+        effort: float | None = None,
     ) -> SearchResult:
         """Return the ``k`` best ids and scores for each query.
 
@@ -264,10 +264,12 @@ class VectorIndex(ABC):
         exclude : collection of str, optional
             Ids never returned (items a user already interacted with); unknown ids are
             ignored.
-        candidates : bool
-            The search proposes candidates for a ranker, which tolerates a lower recall:
-            an approximate index may search faster than its tuned recall (see
-            :attr:`FaissIndex.candidate_nprobe_`). Exact backends ignore it.
+        effort : float, optional
+            Share in (0, 1] of the index's tuned search work to spend, for callers that
+            measured what a faster, lower-recall search costs them (a recommender's
+            candidates: :func:`profiler.ranking.tune_candidate_search`). FAISS IVF
+            scans that share of its tuned ``nprobe`` lists; exact backends ignore it.
+            ``None`` (default): the tuned search.
 
         Returns
         -------
@@ -288,8 +290,13 @@ class VectorIndex(ABC):
             return SearchResult(ids, scores)
         excluded = self._excluded_labels(exclude)
         fetch = min(k + len(excluded), len(self))
-        search = self._search_candidates if candidates else self._search
-        raw_scores, raw_labels = search(np.ascontiguousarray(queries), fetch)
+        if effort is not None and not 0.0 < float(effort) <= 1.0:
+            raise ValueError(f"effort must be in (0, 1], got {effort!r}")
+        queries = np.ascontiguousarray(queries)
+        if effort is None or float(effort) == 1.0:
+            raw_scores, raw_labels = self._search(queries, fetch)
+        else:
+            raw_scores, raw_labels = self._search_faster(queries, fetch, float(effort))
         for row in range(n):
             keep = raw_labels[row] >= 0
             if len(excluded):
@@ -445,8 +452,10 @@ class VectorIndex(ABC):
     @abstractmethod
     def _save_vectors(self, path: Path) -> None: ...
 
-    def _search_candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_search` for ``search(..., candidates=True)``; the same by default."""
+    def _search_faster(
+        self, queries: np.ndarray, k: int, effort: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_search` with a share ``effort`` of the tuned work; exact: the same."""
         return self._search(queries, k)
 
     @abstractmethod
@@ -580,11 +589,6 @@ class FaissIndex(VectorIndex):
         Recall@10 the tuning queries reached at ``nprobe_``.
     trained_size_ : int or None
         Number of vectors when the IVF structure was trained.
-    candidate_nprobe_ : int or None
-        ``nprobe`` of ``search(..., candidates=True)``, set by whoever measured what the
-        candidates' consumer tolerates (:func:`profiler.ranking.tune_candidate_search`:
-        the recommendations barely change); ``None``: ``nprobe_``. A new structure
-        (:meth:`optimize`) resets it.
 
     Examples
     --------
@@ -644,7 +648,6 @@ class FaissIndex(VectorIndex):
         self.nprobe_: int | None = None
         self.tuned_recall_: float | None = None
         self.trained_size_: int | None = None
-        self.candidate_nprobe_: int | None = None
         self._index = self._new_flat()
         self._gpu_index = None
 
@@ -691,7 +694,6 @@ class FaissIndex(VectorIndex):
         _, labels = self._id_map.to_arrays()
         vectors = self._get(labels) if len(labels) else np.empty((0, self.dim), np.float32)
         self._gpu_index = None
-        self.candidate_nprobe_ = None  # measured for the old structure
         if target == "Flat":
             self._index = self._new_flat()
             self._index.add_with_ids(vectors, labels)
@@ -818,7 +820,6 @@ class FaissIndex(VectorIndex):
             "nprobe_tuned": self.nprobe_,
             "tuned_recall": self.tuned_recall_,
             "trained_size": self.trained_size_,
-            "nprobe_candidates": self.candidate_nprobe_,
         }
 
     @classmethod
@@ -837,7 +838,6 @@ class FaissIndex(VectorIndex):
         index.nprobe_ = manifest.get("nprobe_tuned")
         index.tuned_recall_ = manifest.get("tuned_recall")
         index.trained_size_ = manifest.get("trained_size")
-        index.candidate_nprobe_ = manifest.get("nprobe_candidates")
         return index
 
     def _save_vectors(self, path: Path) -> None:
@@ -888,8 +888,12 @@ class FaissIndex(VectorIndex):
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self._search_at(queries, k, self.nprobe_)
 
-    def _search_candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._search_at(queries, k, self.candidate_nprobe_ or self.nprobe_)
+    def _search_faster(
+        self, queries: np.ndarray, k: int, effort: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.structure_ == "Flat":
+            return self._search(queries, k)
+        return self._search_at(queries, k, max(1, int(np.ceil(self.nprobe_ * effort))))
 
     def _search_at(
         self, queries: np.ndarray, k: int, nprobe: int | None

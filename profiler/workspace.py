@@ -1165,6 +1165,7 @@ class Workspace:
             scorer=scorer,
             report=report,
             state=State(profiles, user_index, Interactions.load(data)),
+            search_effort=described.get("search_effort"),
         )
         return ws
 
@@ -1358,7 +1359,9 @@ class Workspace:
             if allowed is not None and np.any(shopper.profile.vector):
                 # a filter may leave few candidates: a wider dense search, kept to the filter
                 found = self.item_index.search(
-                    shopper.profile.vector, max(200, 20 * k), candidates=True
+                    shopper.profile.vector,
+                    max(200, 20 * k),
+                    effort=model.generator_.effort_for(shopper),
                 )
                 hits = catalogue.positions_of([i for i in found.ids[0] if i is not None])
                 extra = hits[allowed[hits]]

@@ -205,20 +205,21 @@ def test_candidate_search_keeps_the_recommendations_it_measured():
         queries.append((Query(None, events.iloc[:0], (text,), encoder.encode([text])), False))
     report = tune_candidate_search(model, lambda: queries)
     assert set(report["nprobe"]) == {"items", "users"}
-    tried = report["fractions"]
-    passed = [t["fraction"] for t in tried if min(t["agreement"].values()) >= CANDIDATE_AGREEMENT]
-    assert passed == [t["fraction"] for t in tried[: len(passed)]]  # stops at the first miss
-    assert report["chosen"] == (passed[-1] if passed else 1.0)
-    for index in (model.item_index_, model.state_.user_index):
-        wanted = int(np.ceil(index.nprobe_ * report["chosen"]))
-        assert index.candidate_nprobe_ == (wanted if wanted < index.nprobe_ else None)
+    assert report["queries"] == {"known": 60, "texts": 60}
+    for kind in ("known", "texts"):
+        tried = [t for t in report["fractions"] if kind in t["agreement"]]
+        passed = [t["fraction"] for t in tried if t["agreement"][kind] >= CANDIDATE_AGREEMENT]
+        assert passed == [t["fraction"] for t in tried[: len(passed)]]  # until its first miss
+        assert len(passed) == len(tried) or tried[len(passed)]["agreement"][kind] < 0.95
+        assert model.search_effort_[kind] == (passed[-1] if passed else 1.0)
+    assert model.generator_.effort == model.search_effort_ == report["effort"]
+    assert model.describe()["search_effort"] == report["effort"]
 
     def tops() -> list[np.ndarray]:
         return [model.rank(model.shopper(q, stored=s)).positions[:10] for q, s in queries]
 
     served = tops()
-    for index in (model.item_index_, model.state_.user_index):
-        index.candidate_nprobe_ = None  # the tuned searches
+    model.generator_.effort.update(known=1.0, texts=1.0)  # the tuned searches
     reference = tops()
     for kind in (True, False):
         kept = [

@@ -358,36 +358,34 @@ def test_ivf_save_load_keeps_tuned_nprobe_and_results(clustered_data, ivf_index,
         assert (before.ids == after.ids).all() and np.allclose(before.scores, after.scores)
 
 
-def test_candidate_searches_use_their_own_nprobe_which_persists_until_reoptimized(
-    clustered_data, tmp_path
-):
+def test_effort_scans_that_share_of_the_tuned_lists(clustered_data):
     import faiss
 
     vectors, queries = clustered_data
     index = FaissIndex(64, ann_threshold=10_000)
     index.add([f"v{i}" for i in range(len(vectors))], vectors)
     index.optimize()
-    assert index.candidate_nprobe_ is None  # not measured: candidates as searches
-    same = index.search(queries, k=10, candidates=True)
-    assert (same.ids == index.search(queries, k=10).ids).all()
-    index.candidate_nprobe_ = 1
-    fast = index.search(queries, k=10, candidates=True)
+    tuned = index.search(queries, k=10)
+    assert (index.search(queries, k=10, effort=1.0).ids == tuned.ids).all()
+    fast = index.search(queries, k=10, effort=1e-6)  # one list
     params = faiss.SearchParametersIVF(nprobe=1)
     _, labels = index._index.search(queries, 10, params=params)
     full = (labels >= 0).all(axis=1)  # the others are rescanned with more lists
     assert full.mean() > 0.9
     expected = index._id_map.lookup(labels[full].ravel()).reshape(-1, 10)
     np.testing.assert_array_equal(fast.ids[full], expected)
-    assert (fast.ids != index.search(queries, k=10).ids).any()  # one list loses neighbours
-    index.save(tmp_path, "items")
-    loaded = load_index(tmp_path, "items", mmap=True)
-    assert loaded.candidate_nprobe_ == 1 and index.empty_like().candidate_nprobe_ == 1
-    assert (loaded.search(queries, k=10, candidates=True).ids == fast.ids).all()
-    index.optimize()  # a new structure: the measurement no longer holds
-    assert index.candidate_nprobe_ is None
+    assert (fast.ids != tuned.ids).any()  # one list loses neighbours
+    half = int(np.ceil(index.nprobe_ * 0.6))
+    _, labels = index._index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=half))
+    full = (labels >= 0).all(axis=1)
+    expected = index._id_map.lookup(labels[full].ravel()).reshape(-1, 10)
+    np.testing.assert_array_equal(index.search(queries, k=10, effort=0.6).ids[full], expected)
+    for bad in (0.0, 1.5, -1):
+        with pytest.raises(ValueError, match="effort"):
+            index.search(queries, k=10, effort=bad)
     exact = ExactIndex(64)
     exact.add(["a", "b"], vectors[:2])
-    assert (exact.search(queries, k=2, candidates=True).ids == exact.search(queries, k=2).ids).all()
+    assert (exact.search(queries, k=2, effort=0.1).ids == exact.search(queries, k=2).ids).all()
 
 
 def test_ivf_remove_update_and_add_after_training(clustered_data):
