@@ -612,16 +612,8 @@ def build_workspace(path: Path, files: ShopFiles) -> dict:
         "target_s": BUILD_TARGET_S,
         "peak_rss_mib": peak_rss_mib(),
         "counts": ws.manifest["counts"],
-        "item_index": {
-            "structure": items.structure_,
-            "nprobe": items.nprobe_,
-            "candidates": getattr(items, "candidate_nprobe_", None),
-        },
-        "user_index": {
-            "structure": users.structure_,
-            "nprobe": users.nprobe_,
-            "candidates": getattr(users, "candidate_nprobe_", None),
-        },
+        "item_index": {"structure": items.structure_, "nprobe": items.nprobe_},
+        "user_index": {"structure": users.structure_, "nprobe": users.nprobe_},
         "recommender": ws.manifest["recommender"],
         "disk_mib": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20,
         "log": handler.lines,
@@ -795,11 +787,8 @@ def format_scale_table(rows: list[dict]) -> str:
 
 
 def _nprobe(index: dict) -> str:
-    """``IVF4096,SQfp16 nprobe 627 (candidates 79)``: the tuned and the channels' nprobe."""
-    text = f"{index['structure']} nprobe {index['nprobe']}"
-    if index.get("candidates"):
-        text += f" (candidates {index['candidates']})"
-    return text
+    """``IVF4096,SQfp16 nprobe 627``: the structure and its tuned nprobe."""
+    return f"{index['structure']} nprobe {index['nprobe']}"
 
 
 def _ok(passed: bool) -> str:
@@ -900,6 +889,12 @@ def scale(args: argparse.Namespace) -> int:
             f"items {_nprobe(build['item_index'])}, users {_nprobe(build['user_index'])})"
         )
         print(f"ranker       {build['recommender']['why']}")
+        effort = build["recommender"].get("candidate_search", {}).get("effort")
+        if effort:
+            print(
+                f"candidates   searched at {effort['known']:g} of the tuned nprobe for known "
+                f"shoppers, {effort['texts']:g} for texts (chosen by the build)"
+            )
     memory = serving["memory"]
     extra = ""
     if "psutil_rss_mib" in memory:
