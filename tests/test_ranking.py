@@ -87,10 +87,8 @@ def test_bad_ranker_config_is_refused():
         RankerConfig(scorer="magic")
 
 
-@pytest.fixture(scope="module")
-def bundled_corpus(embedder) -> Corpus:
-    """The real bundled shoppers (5,000, one review each) and items, embedded with the
-    bundled model (about a minute: fewer shoppers leave too few training queries)."""
+def bundled_shop(encoder) -> Corpus:
+    """The real bundled shoppers (5,000, one review each) and items, embedded by ``encoder``."""
     items = pd.read_parquet(clothing_catalog())
     events = pd.read_parquet(clothing_events())
     events = events[events["item_id"].isin(items["item_id"])].reset_index(drop=True)
@@ -100,12 +98,19 @@ def bundled_corpus(embedder) -> Corpus:
     documents = [item_document(r) for r in items.to_dict(orient="records")]
     return Corpus(
         item_ids=items["item_id"].tolist(),
-        item_vectors=embedder.encode(documents),
+        item_vectors=encoder.encode(documents),
         item_texts=documents,
         item_categories=items["category"].fillna("").tolist(),
         events=events,
-        text_vectors=embedder.encode(list(texts)),
+        text_vectors=encoder.encode(list(texts)),
     )
+
+
+@pytest.fixture(scope="module")
+def bundled_corpus(embedder) -> Corpus:
+    """:func:`bundled_shop` embedded with the bundled model (about a minute: fewer shoppers
+    leave too few training queries)."""
+    return bundled_shop(embedder)
 
 
 @pytest.mark.slow  # embeds the bundled data and trains the ranker: 2.5 minutes on 2 cores
@@ -177,21 +182,8 @@ def test_candidate_search_keeps_the_recommendations_it_measured():
     from tests.conftest import HashingEncoder
 
     encoder = HashingEncoder(dim=32)
-    items = pd.read_parquet(clothing_catalog())
-    events = pd.read_parquet(clothing_events())
-    events = events[events["item_id"].isin(items["item_id"])].reset_index(drop=True)
-    texts = pd.unique(events["text"])
-    events["text_row"] = events["text"].map({t: r for r, t in enumerate(texts)})
-    events["rating"] = events["rating"].astype(float)
-    documents = [item_document(r) for r in items.to_dict(orient="records")]
-    corpus = Corpus(
-        item_ids=items["item_id"].tolist(),
-        item_vectors=encoder.encode(documents),
-        item_texts=documents,
-        item_categories=items["category"].fillna("").tolist(),
-        events=events,
-        text_vectors=encoder.encode(list(texts)),
-    )
+    corpus = bundled_shop(encoder)
+    events, texts = corpus.events, pd.unique(corpus.events["text"])
     model = TwoStageRecommender().fit(corpus, train=False)
     assert "skipped" in tune_candidate_search(model, lambda: [])
     for index, threshold in ((model.item_index_, 500), (model.state_.user_index, 1000)):
