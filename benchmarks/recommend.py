@@ -786,11 +786,6 @@ def format_scale_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _nprobe(index: dict) -> str:
-    """``IVF4096,SQfp16 nprobe 627``: the structure and its tuned nprobe."""
-    return f"{index['structure']} nprobe {index['nprobe']}"
-
-
 def _ok(passed: bool) -> str:
     return "ok" if passed else "MISS"
 
@@ -886,7 +881,8 @@ def scale(args: argparse.Namespace) -> int:
             f"build        {build['seconds']:8.1f} s    target <= {BUILD_TARGET_S} s "
             f"{_ok(build['seconds'] <= BUILD_TARGET_S)}   (peak RSS of the building process "
             f"{build['peak_rss_mib'] / 1024:.1f} GiB; workspace {build['disk_mib']:.0f} MiB; "
-            f"items {_nprobe(build['item_index'])}, users {_nprobe(build['user_index'])})"
+            f"items {build['item_index']['structure']} nprobe {build['item_index']['nprobe']}, "
+            f"users {build['user_index']['structure']} nprobe {build['user_index']['nprobe']})"
         )
         print(f"ranker       {build['recommender']['why']}")
         effort = build["recommender"].get("candidate_search", {}).get("effort")

@@ -596,7 +596,7 @@ class TwoStageRecommender(Recommender):
             state.interactions,
             self.lexical_,
             self.item_text_,
-            getattr(self, "search_effort_", None),
+            self.search_effort_,
         )
 
     # -- serving --------------------------------------------------------------------------
