@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from profiler.storage import atomic_path, write_json
+from profiler.storage import NpyRows, atomic_path, write_json
 
 __all__ = [
     "Evidence",
@@ -209,16 +209,42 @@ class ProfileBuilder:
     ) -> Evidence:
         """Evidence for events whose item vectors (row per event, NaN row: no item) and
         text vectors (row per event, NaN row: no text) are given, aligned with ``events``."""
-        share = self.config.text_share
         has_item = ~np.isnan(item_vectors[:, 0]) if len(events) else np.zeros(0, bool)
         has_text = ~np.isnan(text_vectors[:, 0]) if len(events) else np.zeros(0, bool)
-        item = np.nan_to_num(item_vectors)
-        text = np.nan_to_num(text_vectors)
-        both = (has_item & has_text)[:, None]
-        vectors = np.where(both, share * text + (1 - share) * item, item + text)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        return self.evidence_of(
+            events,
+            np.where(has_item[:, None], item_vectors, 0).astype(np.float32, copy=False),
+            np.where(has_text[:, None], text_vectors, 0).astype(np.float32, copy=False),
+            has_item,
+            has_text,
+        )
 
+    def evidence_of(
+        self,
+        events: pd.DataFrame,
+        item_vectors: np.ndarray,
+        text_vectors: np.ndarray,
+        has_item: np.ndarray,
+        has_text: np.ndarray,
+    ) -> Evidence:
+        """:meth:`evidence` from float32 vectors that are 0 where ``has_item`` /
+        ``has_text`` is False (no NaN rows to clean: a pass over 900k x 384 less each).
+        ``item_vectors`` may be overwritten."""
+        share = self.config.text_share
+        vectors = item_vectors
+        both = has_item & has_text
+        vectors[both] *= 1 - share
+        vectors[both] += share * text_vectors[both]
+        only_text = has_text & ~has_item
+        vectors[only_text] = text_vectors[only_text]
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+        vectors /= np.maximum(norms, 1e-12).astype(np.float32)[:, None]
+        weights = self.weights(events, has_item | has_text)
+        return Evidence(vectors, weights, events["timestamp"].to_numpy(dtype=np.float64))
+
+    def weights(self, events: pd.DataFrame, has_vector: np.ndarray) -> np.ndarray:
+        """Each event's signed weight before decay (0 where ``has_vector`` is False: an
+        event with neither an item vector nor a text is no evidence)."""
         kinds = events["kind"].to_numpy()
         unknown = set(kinds) - set(self.config.kind_weights)
         if unknown:
@@ -226,8 +252,8 @@ class ProfileBuilder:
         weights = np.array([self.config.kind_weights[k] for k in kinds], dtype=np.float64)
         weights *= self.rating_factor(events["rating"].to_numpy(dtype=np.float64))
         weights[kinds == "dislike"] = -np.abs(weights[kinds == "dislike"])
-        weights[~(has_item | has_text)] = 0.0
-        return Evidence(vectors, weights, events["timestamp"].to_numpy(dtype=np.float64))
+        weights[~has_vector] = 0.0
+        return weights
 
     def decay(self, age_seconds: np.ndarray | float) -> np.ndarray | float:
         """Weight multiplier for evidence ``age_seconds`` older than the latest event."""
@@ -386,11 +412,15 @@ def build_profiles(
     negative = np.maximum(-decayed, 0.0)
     push = positive - builder.config.negative_push * negative
     events = np.arange(len(codes))
-    vectors = evidence.vectors.astype(np.float64)
+    # float32 throughout: the sums are stored as float32, and a float64 copy of 900k
+    # events' vectors is 2.8 GB
+    vectors = np.ascontiguousarray(evidence.vectors, dtype=np.float32)
 
     def per_user(values: np.ndarray) -> np.ndarray:
-        matrix = sparse.csr_matrix((values, (codes, events)), shape=(n_users, len(codes)))
-        return np.asarray(matrix @ vectors)
+        matrix = sparse.csr_matrix(
+            (values.astype(np.float32), (codes, events)), shape=(n_users, len(codes))
+        )
+        return np.asarray(matrix @ vectors, dtype=np.float32)
 
     n_positive = np.bincount(codes, weights=(decayed > 0), minlength=n_users).astype(np.int64)
     simple = n_positive <= builder.config.max_centres
@@ -454,6 +484,8 @@ _ARRAYS = (
     "centres",
     "centre_weights",
 )
+#: the arrays of one vector per shopper (or per centre): read with ``pread`` when mapped
+_ROW_READ = ("pos_sum", "neg_sum", "centres")
 
 
 class ProfileStore(MutableMapping):
@@ -665,7 +697,12 @@ def load_profiles(
             directory / f"profiles.{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False
         )
         for name in _ARRAYS
+        if not (mmap and name in _ROW_READ)
     }
+    # the per-shopper vectors read row by row: no mapped pages left resident (NpyRows)
+    for name in _ROW_READ if mmap else ():
+        path = directory / f"profiles.{name}.npy"
+        arrays[name] = NpyRows(path) if hasattr(os, "pread") else np.load(path, mmap_mode="r")
     if len(table) != meta["count"] or len(arrays["pos_sum"]) != len(table):
         raise ValueError(f"{directory}: profile files disagree on the number of users; rebuild")
     store = ProfileStore(table["user_id"].tolist(), **arrays)

@@ -399,16 +399,41 @@ def event_evidence(
 ) -> Evidence:
     """Evidence of events, reading item vectors from ``item_index`` (only those events')."""
     dim = item_index.dim
-    item_vectors = np.full((len(events), dim), np.nan, dtype=np.float32)
-    texts = np.full((len(events), dim), np.nan, dtype=np.float32)
-    if len(events):
-        ids = events["item_id"].tolist()
-        known = np.array([bool(i) and i in item_index for i in ids], dtype=bool)
-        if known.any():
-            item_vectors[known] = item_index.get([i for i, k in zip(ids, known) if k])
-        rows = events["text_row"].to_numpy()
-        texts[rows >= 0] = text_vectors[rows[rows >= 0]]
-    return builder.evidence(events, item_vectors, texts)
+    has_item, has_text = _has_vectors(events, item_index, text_vectors)
+    item_vectors = np.zeros((len(events), dim), dtype=np.float32)
+    texts = np.zeros((len(events), dim), dtype=np.float32)
+    if has_item.any():
+        ids = events["item_id"].to_numpy()[has_item].tolist()
+        item_vectors[has_item] = item_index.get(ids)
+    if has_text.any():
+        texts[has_text] = text_vectors[events["text_row"].to_numpy()[has_text]]
+    return builder.evidence_of(events, item_vectors, texts, has_item, has_text)
+
+
+def event_weights(
+    builder: ProfileBuilder,
+    events: pd.DataFrame,
+    item_index: VectorIndex,
+    text_vectors: np.ndarray,
+) -> np.ndarray:
+    """The weights of :func:`event_evidence` without reading a vector (every event's,
+    at 1M items, read 900k item vectors for nothing)."""
+    has_item, has_text = _has_vectors(events, item_index, text_vectors)
+    return builder.weights(events, has_item | has_text)
+
+
+def _has_vectors(
+    events: pd.DataFrame, item_index: VectorIndex, text_vectors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which events have an item vector (an item in the index) and which a text vector
+    (a text row whose vector is not NaN)."""
+    if not len(events):
+        return np.zeros(0, bool), np.zeros(0, bool)
+    has_item = np.array([bool(i) and i in item_index for i in events["item_id"].tolist()])
+    rows = events["text_row"].to_numpy()
+    has_text = rows >= 0
+    has_text[has_text] = ~np.isnan(text_vectors[rows[has_text], 0])
+    return has_item.astype(bool), has_text
 
 
 def _all_evidence(

@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "read_json", "save_npy", "write_json", "write_text"]
+__all__ = ["NpyRows", "atomic_path", "read_json", "save_npy", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
@@ -71,6 +72,78 @@ def save_npy(target: str | os.PathLike[str], array: np.ndarray) -> None:
     """Save an array as ``.npy`` atomically, never pickling."""
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+class NpyRows:
+    """A C-ordered ``.npy`` file whose rows are read on demand with ``os.pread``.
+
+    A served workspace reads one shopper's profile rows per request. Through a memory map
+    each read also maps its neighbours (the kernel's fault-around), and mapped pages count
+    in the process's resident memory however rarely they are read again: measured on the
+    1M x 300k benchmark, 300 known shoppers left 0.58 GiB of profile arrays resident.
+    ``pread`` copies the rows asked for and nothing else (the page cache keeps the file
+    warm outside the process). Indexing takes an int, a step-1 slice or an integer array
+    and returns a new array; ``np.asarray`` reads the whole file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(fh)
+            self._offset = fh.tell()
+        if fortran or dtype.hasobject or not shape:
+            raise ValueError(f"{self.path}: not a C-ordered numeric array with rows")
+        self.shape, self.dtype = tuple(shape), dtype
+        self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        size = count * self._row_bytes
+        data = os.pread(self._fd, size, self._offset + start * self._row_bytes)
+        if len(data) != size:
+            raise OSError(f"{self.path}: short read at row {start} (file truncated?)")
+        return np.frombuffer(bytearray(data), self.dtype).reshape((count, *self.shape[1:]))
+
+    def __getitem__(self, key) -> np.ndarray:
+        n = self.shape[0]
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + n if key < 0 else int(key)
+            if not 0 <= row < n:
+                raise IndexError(f"row {key} out of range for {n} rows")
+            return self._read(row, 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step == 1:
+                return self._read(start, max(stop - start, 0))
+            key = np.arange(start, stop, step)
+        rows = np.asarray(key, dtype=np.int64)
+        if rows.ndim != 1:
+            raise IndexError("NpyRows takes an int, a slice or a 1-d array of rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"rows out of range for {n} rows")
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        for position, row in enumerate(rows.tolist()):
+            out[position] = self._read(row, 1)[0]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self._read(0, self.shape[0])
+        return whole if dtype is None else whole.astype(dtype, copy=False)
 
 
 def replace_directory(staged: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

@@ -93,12 +93,14 @@ class IdMap:
     """Bidirectional map between external string ids and int64 labels.
 
     Labels are handed out in increasing order and never reused, so a label that FAISS
-    still holds after a crash can never be confused with a newer item.
+    still holds after a crash can never be confused with a newer item. Ids by label are
+    an object array (``None``: removed), which maps a search's labels in one step and
+    costs 8 bytes a label where a dict cost about 40 (1M items: 40 MB).
     """
 
     def __init__(self) -> None:
         self._label_of: dict[str, int] = {}
-        self._id_of: dict[int, str] = {}
+        self._id_of = np.empty(0, dtype=object)  # by label, len >= next_label
         self.next_label = 0
 
     def __len__(self) -> int:
@@ -110,18 +112,23 @@ class IdMap:
     @property
     def ids(self) -> list[str]:
         """Live ids in label order."""
-        return [self._id_of[label] for label in sorted(self._id_of)]
+        return [i for i in self._id_of.tolist() if i is not None]
 
     def add(self, ids: Sequence[str]) -> np.ndarray:
         """Assign new labels to ``ids``; raise ``ValueError`` if any is already present."""
         clash = [i for i in ids if i in self._label_of]
         if clash:
             raise ValueError(f"ids already in the index: {clash[:5]!r} (use update())")
-        labels = np.arange(self.next_label, self.next_label + len(ids), dtype=np.int64)
+        start, stop = self.next_label, self.next_label + len(ids)
+        if stop > len(self._id_of):  # grown geometrically: one add at a time stays linear
+            grown = np.empty(max(stop, 2 * len(self._id_of)), dtype=object)
+            grown[:start] = self._id_of[:start]
+            self._id_of = grown
+        labels = np.arange(start, stop, dtype=np.int64)
         for item_id, label in zip(ids, labels.tolist()):
             self._label_of[item_id] = label
-            self._id_of[label] = item_id
-        self.next_label += len(ids)
+        self._id_of[start:stop] = list(ids)
+        self.next_label = stop
         return labels
 
     def labels(self, ids: Iterable[str]) -> np.ndarray:
@@ -137,30 +144,36 @@ class IdMap:
     def remove(self, ids: Sequence[str]) -> np.ndarray:
         """Forget ``ids`` and return their labels; raise ``KeyError`` for unknown ids."""
         labels = self.labels(ids)
-        for item_id, label in zip(ids, labels.tolist()):
+        for item_id in ids:
             del self._label_of[item_id]
-            del self._id_of[label]
+        self._id_of[labels] = None
         return labels
 
     def lookup(self, labels: np.ndarray) -> np.ndarray:
         """Map labels to ids; ``-1`` (FAISS's "no hit") maps to ``None``."""
-        get = self._id_of.get
-        return np.array([get(int(label)) for label in labels.ravel()], dtype=object).reshape(
-            labels.shape
-        )
+        labels = np.asarray(labels, dtype=np.int64)
+        out = np.full(labels.shape, None, dtype=object)
+        valid = (labels >= 0) & (labels < len(self._id_of))
+        out[valid] = self._id_of[labels[valid]]
+        return out
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(ids, labels)`` arrays for saving without pickle."""
-        labels = np.array(sorted(self._id_of), dtype=np.int64)
-        ids = np.array([self._id_of[label] for label in labels.tolist()], dtype=np.str_)
-        return ids, labels
+        by_label = self._id_of
+        labels = np.flatnonzero(np.array([i is not None for i in by_label.tolist()], bool))
+        ids = np.array(by_label[labels].tolist(), dtype=np.str_)
+        return ids, labels.astype(np.int64)
 
     @classmethod
     def from_arrays(cls, ids: np.ndarray, labels: np.ndarray, next_label: int) -> IdMap:
         id_map = cls()
-        id_map._label_of = dict(zip(ids.tolist(), labels.tolist()))
-        id_map._id_of = {label: item_id for item_id, label in id_map._label_of.items()}
+        names, numbers = ids.tolist(), labels.tolist()
+        id_map._label_of = dict(zip(names, numbers))
         id_map.next_label = int(next_label)
+        labels = np.asarray(labels, dtype=np.int64)
+        size = max(id_map.next_label, int(labels.max()) + 1 if len(labels) else 0)
+        id_map._id_of = np.empty(size, dtype=object)
+        id_map._id_of[labels] = names  # the same str objects as the dict's keys
         return id_map
 
 

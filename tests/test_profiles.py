@@ -19,6 +19,7 @@ from profiler.profiles import (
     load_profiles,
     save_profiles,
 )
+from profiler.storage import NpyRows
 from tests.conftest import unit_vectors
 
 DIM = 6
@@ -342,6 +343,10 @@ class TestBuildMany:
             Evidence(*(a[shuffled] for a in evidence)),
         )
         assert set(store) == set(users)
+        # stored as float32, as the store's arrays from profile objects are
+        assert {store._arrays[n].dtype for n in ("pos_sum", "neg_sum", "centres")} == {
+            np.dtype(np.float32)
+        }
         for user, part in zip(["dislikes", "one", "few", "broad", "mixed"], parts):
             assert_same_profile(store[user], builder.build(user, part))
 
@@ -355,6 +360,10 @@ class TestBuildMany:
         store.save(tmp_path, builder.config)
         loaded, _ = load_profiles(tmp_path, mmap=True)
         assert isinstance(loaded["a"].pos_sum, np.ndarray) and len(loaded) == 2
+        # the per-shopper vectors are read by rows (pread), not mapped
+        assert isinstance(loaded._arrays["pos_sum"], NpyRows)
+        assert isinstance(loaded._arrays["centres"], NpyRows)
+        np.testing.assert_allclose(loaded["b"].pos_sum, profiles["b"].pos_sum, rtol=1e-6)
         loaded["c"] = profiles["a"]
         assert list(loaded) == ["a", "b", "c"]
         np.testing.assert_allclose(loaded.vectors(["b", "c"])[1], profiles["a"].vector)

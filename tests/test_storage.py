@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from profiler.storage import atomic_path, read_json, replacing, save_npy, write_json
+from profiler.storage import NpyRows, atomic_path, read_json, replacing, save_npy, write_json
 
 
 def test_failed_write_keeps_previous_version(tmp_path):
@@ -64,3 +64,33 @@ def test_read_frame_gives_one_chunk_per_text_column_and_the_same_frame(tmp_path)
     read = read_frame(tmp_path / "e.parquet")
     pd.testing.assert_frame_equal(read, pd.read_parquet(tmp_path / "e.parquet"))
     assert chunks(read["user_id"]) == 1
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (6,), (4, 3, 2)])
+def test_npy_rows_reads_what_numpy_reads(tmp_path, shape):
+    array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) * 0.5
+    save_npy(tmp_path / "a.npy", array)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert rows.shape == array.shape and rows.dtype == array.dtype and len(rows) == len(array)
+    for key in (0, 2, -1, slice(1, 3), slice(None), slice(3, 3), slice(0, 4, 2)):
+        np.testing.assert_array_equal(rows[key], array[key])
+    picked = np.array([3, 0, 3, -2])
+    np.testing.assert_array_equal(rows[picked], array[picked])
+    np.testing.assert_array_equal(np.asarray(rows), array)
+    np.testing.assert_array_equal(np.asarray(rows, dtype=np.float64), array.astype(np.float64))
+    first = rows[0:1]
+    first[...] = -1  # a copy: the file is not written through
+    np.testing.assert_array_equal(rows[0:1], array[0:1])
+    with pytest.raises(IndexError):
+        rows[len(array)]
+    with pytest.raises(IndexError):
+        rows[np.array([0, len(array)])]
+
+
+def test_npy_rows_refuses_what_it_cannot_read_by_rows(tmp_path):
+    save_npy(tmp_path / "f.npy", np.asfortranarray(np.ones((3, 4))))
+    with pytest.raises(ValueError, match=r"f\.npy"):
+        NpyRows(tmp_path / "f.npy")
+    save_npy(tmp_path / "s.npy", np.float64(1.0))
+    with pytest.raises(ValueError, match=r"s\.npy"):
+        NpyRows(tmp_path / "s.npy")

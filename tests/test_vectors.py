@@ -224,6 +224,22 @@ def test_id_map_lookup_maps_missing_to_none():
     assert id_map.add(["c"])[0] == 2  # labels are never reused
 
 
+def test_id_map_grows_one_add_at_a_time_and_round_trips_through_arrays():
+    id_map = IdMap()
+    for n in range(37):  # past several doublings of the label array
+        assert id_map.add([f"i{n}"])[0] == n
+    id_map.remove(["i3", "i30"])
+    assert len(id_map) == 35 and "i3" not in id_map and "i4" in id_map
+    assert id_map.ids == [f"i{n}" for n in range(37) if n not in (3, 30)]
+    assert id_map.lookup(np.array([[4, 3], [36, 99]])).tolist() == [["i4", None], ["i36", None]]
+    ids, labels = id_map.to_arrays()
+    again = IdMap.from_arrays(ids, labels, id_map.next_label)
+    assert again.ids == id_map.ids and again.next_label == 37
+    np.testing.assert_array_equal(again.labels(["i36", "i0"]), [36, 0])
+    assert list(again.lookup(np.array([30, 31, -1]))) == [None, "i31", None]
+    assert again.add(["new"])[0] == 37
+
+
 # -- size-based FAISS structure ---------------------------------------------------------
 
 
