@@ -524,16 +524,14 @@ class CandidateGenerator:
 
         bm25 = bm25_items = bm25_texts = None
         if self.lexical is not None and (shopper.texts or len(shopper.items)):
-            zeros = None
             if shopper.texts:
                 bm25_texts = self.lexical.scores(list(shopper.texts))
             if len(shopper.items):
                 bm25_items = self.lexical.scores([self.item_text(int(p)) for p in shopper.items])
-            if bm25_texts is None or bm25_items is None:
-                zeros = np.zeros(self.lexical.n_items_, np.float32)
-            bm25_texts = zeros if bm25_texts is None else bm25_texts
-            bm25_items = zeros if bm25_items is None else bm25_items
-            bm25 = bm25_texts + bm25_items
+            if bm25_texts is not None and bm25_items is not None:
+                bm25 = bm25_texts + bm25_items
+            else:
+                bm25 = bm25_texts if bm25_texts is not None else bm25_items
             proposed["lexical"] = _top(bm25, cfg.lexical)
 
         votes = np.zeros(0)
@@ -619,8 +617,10 @@ class CandidateGenerator:
             column["bm25"][:] = bm25[union]
             top = float(column["bm25"].max(initial=0.0))
             column["bm25_share"][:] = column["bm25"] / top if top > 0 else 0.0
-            column["bm25_items"][:] = bm25_items[union]
-            column["bm25_texts"][:] = bm25_texts[union]
+            if bm25_items is not None:
+                column["bm25_items"][:] = bm25_items[union]
+            if bm25_texts is not None:
+                column["bm25_texts"][:] = bm25_texts[union]
         if shopper.n_evidence and len(union):
             column["mean_embedding"][:] = vectors @ _unit_mean(shopper.evidence)
             column["evidence_max"][:] = (vectors @ shopper.evidence.T).max(axis=1)
@@ -675,6 +675,16 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     positive = np.flatnonzero(scores > 0)
     if len(positive) > k:
         values = scores[positive]
+        if len(values) > 64 * k:
+            # a threshold from every 16th value keeps about 4k of them: partitioning those
+            # instead of all (BM25 at 1M items: 300k positive scores, 3.8 -> 1.7 ms). Exact:
+            # used only when at least k values reach it, so every tie at the k-th is kept
+            sample = values[::16]
+            m = max(1, k // 4)
+            threshold = np.partition(sample, len(sample) - m)[len(sample) - m]
+            near = values >= threshold
+            if np.count_nonzero(near) >= k:
+                positive, values = positive[near], values[near]
         kth = np.partition(values, len(values) - k)[len(values) - k]
         above = positive[values > kth]
         positive = np.concatenate([above, positive[values == kth][: k - len(above)]])

@@ -197,3 +197,20 @@ def test_top_keeps_the_lower_positions_among_ties_at_the_kth_score():
     np.testing.assert_array_equal(_top(scores, 3), [4, 1, 2])
     np.testing.assert_array_equal(_top(scores, 4), [4, 1, 2, 3])
     np.testing.assert_array_equal(_top(scores, 10), [4, 1, 2, 3, 5, 7])  # positives only
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_top_through_a_sampled_threshold_is_the_exact_top_k(rounded):
+    """Past 64 k positive scores ``_top`` partitions only those above a threshold taken
+    from a sample: the same list as a full sort, ties at the k-th included."""
+    from profiler.retrieval import _top
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    scores = np.where(rng.random(n) < 0.3, rng.gamma(2.0, 2.0, n), 0.0).astype(np.float32)
+    if rounded:  # thousands of ties at every score
+        scores = np.round(scores)
+    for k in (1, 10, 100, 500):
+        positive = np.flatnonzero(scores > 0)
+        want = positive[np.lexsort((positive, -scores[positive]))][:k]
+        np.testing.assert_array_equal(_top(scores, k), want)
