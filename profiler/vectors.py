@@ -258,6 +258,30 @@ class VectorIndex(ABC):
             return np.empty((0, self.dim), dtype=np.float32)
         return self._get(labels)
 
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever an id is added or removed: labels from :meth:`labels_of` stay
+        valid while it is the same."""
+        return self._id_map.next_label, len(self._id_map)
+
+    def labels_of(self, ids: Sequence[str]) -> np.ndarray:
+        """The internal labels of ``ids`` (-1: not in the index), for a caller that reads
+        the vectors of the same ids again and again (:meth:`get_labelled`): a recommender
+        holds its catalogue's labels instead of looking up ~500 ids per query."""
+        label_of = self._id_map._label_of
+        return np.array([label_of.get(i, -1) for i in ids], dtype=np.int64)
+
+    def get_labelled(self, labels: np.ndarray) -> np.ndarray:
+        """:meth:`get` by labels from :meth:`labels_of` (``KeyError`` for -1 or a label
+        no longer in the index)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if not len(labels):
+            return np.empty((0, self.dim), dtype=np.float32)
+        found = self._id_map.lookup(labels)
+        if any(i is None for i in found.tolist()):
+            raise KeyError(f"label {int(labels[[i is None for i in found]][0])} not in the index")
+        return self._get(labels)
+
     def search(
         self,
         queries: np.ndarray,

@@ -136,6 +136,24 @@ class TestChannels:
         column = found.features[:, FEATURES.index("dense")]
         np.testing.assert_allclose(column, vectors[found.positions] @ me.profile.vector, atol=1e-6)
 
+    def test_candidate_vectors_follow_the_item_index_when_it_changes(self, generator):
+        """The generator reads candidates' vectors by labels it holds for the catalogue;
+        an index rebuilt under the same ids (new labels) is followed, and an item gone
+        from the index is an error naming it, not another item's vector."""
+        gen, vectors, _, _ = generator
+        me = shopper(vectors, [0, 1])
+        gen.generate(me)
+        ids = [f"i{n}" for n in range(N_ITEMS)]
+        moved = vectors[::-1].copy()
+        gen.item_index.remove(ids)
+        gen.item_index.add(ids, moved)  # every id under a new label
+        found = gen.generate(me)
+        column = found.features[:, FEATURES.index("dense")]
+        np.testing.assert_allclose(column, moved[found.positions] @ me.profile.vector, atol=1e-6)
+        gen.item_index.remove(["i0"])
+        with pytest.raises(KeyError, match="i0"):
+            gen.generate(me)
+
     def test_lexical_channel_finds_the_matching_text(self, generator):
         gen, vectors, _, _ = generator
         found = gen.generate(shopper(vectors, [0], texts=("a red wool coat",)))

@@ -513,3 +513,25 @@ def test_index_specs_parse_to_milvus_uris():
     for bad in ("annoy", "milvus:items", "http://x"):
         with pytest.raises(ValueError, match="--index"):
             parse_spec(bad)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,SQfp16"])
+def test_labels_of_and_get_labelled_read_what_get_reads(factory):
+    ids = [f"i{n}" for n in range(300)]
+    index = FaissIndex(DIM, factory=factory)
+    index.add(ids, unit_vectors(300, DIM, seed=2))
+    index.optimize()
+    before = index.version
+    labels = index.labels_of(["i3", "nope", "i0"])
+    assert labels[1] == -1
+    np.testing.assert_array_equal(index.get_labelled(labels[[0, 2]]), index.get(["i3", "i0"]))
+    with pytest.raises(KeyError):
+        index.get_labelled(labels)  # -1: not in the index
+    index.remove(["i3"])
+    assert index.version != before
+    with pytest.raises(KeyError):
+        index.get_labelled(labels[[0]])  # removed since
+    removed = index.version
+    index.add(["new"], unit_vectors(1, DIM, seed=3))
+    assert index.version != removed
+    np.testing.assert_array_equal(index.get_labelled(index.labels_of(["new"])), index.get(["new"]))
