@@ -702,7 +702,7 @@ def load_profiles(
     # the per-shopper vectors read row by row: no mapped pages left resident (NpyRows)
     for name in _ROW_READ if mmap else ():
         path = directory / f"profiles.{name}.npy"
-        arrays[name] = NpyRows(path) if hasattr(os, "pread") else np.load(path, mmap_mode="r")
+        arrays[name] = NpyRows(path) if hasattr(os, "preadv") else np.load(path, mmap_mode="r")
     if len(table) != meta["count"] or len(arrays["pos_sum"]) != len(table):
         raise ValueError(f"{directory}: profile files disagree on the number of users; rebuild")
     store = ProfileStore(table["user_id"].tolist(), **arrays)

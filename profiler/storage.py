@@ -113,10 +113,14 @@ class NpyRows:
 
     def _read(self, start: int, count: int) -> np.ndarray:
         size = count * self._row_bytes
-        data = os.pread(self._fd, size, self._offset + start * self._row_bytes)
-        if len(data) != size:
-            raise OSError(f"{self.path}: short read at row {start} (file truncated?)")
-        return np.frombuffer(bytearray(data), self.dtype).reshape((count, *self.shape[1:]))
+        out = bytearray(size)
+        view, done = memoryview(out), 0
+        while done < size:  # one read returns at most ~2 GiB on Linux
+            got = os.preadv(self._fd, [view[done:]], self._offset + start * self._row_bytes + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: short read at row {start} (file truncated?)")
+            done += got
+        return np.frombuffer(out, self.dtype).reshape((count, *self.shape[1:]))
 
     def __getitem__(self, key) -> np.ndarray:
         n = self.shape[0]

@@ -94,3 +94,13 @@ def test_npy_rows_refuses_what_it_cannot_read_by_rows(tmp_path):
     save_npy(tmp_path / "s.npy", np.float64(1.0))
     with pytest.raises(ValueError, match=r"s\.npy"):
         NpyRows(tmp_path / "s.npy")
+
+
+def test_npy_rows_reads_a_file_truncated_since_as_an_error(tmp_path):
+    save_npy(tmp_path / "a.npy", np.ones((10, 4), np.float32))
+    rows = NpyRows(tmp_path / "a.npy")
+    with open(tmp_path / "a.npy", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) - 8)
+    np.testing.assert_array_equal(rows[3], np.ones(4))
+    with pytest.raises(OSError, match=r"a\.npy: short read at row 9"):
+        rows[9]
