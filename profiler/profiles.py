@@ -492,7 +492,8 @@ class ProfileStore(MutableMapping):
     """Every user's profile as arrays (row per user), readable as ``{user_id: UserProfile}``.
 
     Sums are stored as float32 (a profile's direction is all serving needs, and 300k users
-    x 384 dims in float64 would be 0.9 GB per sum); arrays may be memory-mapped, so opening a
+    x 384 dims in float64 would be 0.9 GB per sum); opened with ``mmap=True`` the vectors are
+    read by rows (:class:`~profiler.storage.NpyRows`) and the rest memory-mapped, so opening a
     large workspace reads only the rows a query touches. Profiles set after loading
     (``store[user] = profile``, incremental updates) are kept beside the arrays until
     :meth:`save` writes one consistent set.
