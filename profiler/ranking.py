@@ -431,11 +431,12 @@ def _has_vectors(
     (a text row whose vector is not NaN)."""
     if not len(events):
         return np.zeros(0, bool), np.zeros(0, bool)
-    has_item = np.array([bool(i) and i in item_index for i in events["item_id"].tolist()])
+    ids = events["item_id"].tolist()
+    has_item = np.array([bool(i) and i in item_index for i in ids], dtype=bool)
     rows = events["text_row"].to_numpy()
     has_text = rows >= 0
     has_text[has_text] = ~np.isnan(text_vectors[rows[has_text], 0])
-    return has_item.astype(bool), has_text
+    return has_item, has_text
 
 
 def _all_evidence(

@@ -131,10 +131,13 @@ class IdMap:
         self.next_label = stop
         return labels
 
-    def labels(self, ids: Iterable[str]) -> np.ndarray:
-        """Labels of known ids; raise ``KeyError`` naming the first unknown one."""
+    def labels(self, ids: Iterable[str], missing: int | None = None) -> np.ndarray:
+        """Labels of known ids; raise ``KeyError`` naming the first unknown one, or give
+        unknown ones the label ``missing`` when it is set."""
         ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         label_of = self._label_of
+        if missing is not None:
+            return np.array([label_of.get(i, missing) for i in ids], dtype=np.int64)
         try:
             return np.array([label_of[item_id] for item_id in ids], dtype=np.int64)
         except KeyError:
@@ -268,8 +271,7 @@ class VectorIndex(ABC):
         """The internal labels of ``ids`` (-1: not in the index), for a caller that reads
         the vectors of the same ids again and again (:meth:`get_labelled`): a recommender
         holds its catalogue's labels instead of looking up ~500 ids per query."""
-        label_of = self._id_map._label_of
-        return np.array([label_of.get(i, -1) for i in ids], dtype=np.int64)
+        return self._id_map.labels(ids, missing=-1)
 
     def get_labelled(self, labels: np.ndarray) -> np.ndarray:
         """:meth:`get` by labels from :meth:`labels_of` (``KeyError`` for -1 or a label

@@ -2085,13 +2085,11 @@ def _model_source(manifest: dict) -> str | None:
     return manifest["model"].get("path")
 
 
-def _catalogue(
-    items: pd.DataFrame, item_ids: list[str] | None = None, position: dict | None = None
-) -> Catalogue:
-    """The catalogue's arrays; ``item_ids`` and ``position`` (``items``' own, when the
-    workspace holds them already) are shared, not made again."""
+def _catalogue(items: pd.DataFrame, item_ids: list[str], position: dict[str, int]) -> Catalogue:
+    """The catalogue's arrays; ``item_ids`` and ``position`` (``items``' own, which the
+    workspace holds already) are shared, not made again."""
     return Catalogue.from_columns(
-        items["item_id"].tolist() if item_ids is None else item_ids,
+        item_ids,
         items["category"].fillna("").tolist(),
         items["brand"].fillna("").tolist(),
         items["price"].tolist(),
