@@ -353,9 +353,16 @@ class Store:
 
     # -- readers ------------------------------------------------------------------------
 
-    def lease(self, *, verify: bool = True, attempts: int = 20) -> tuple[Lease, dict]:
+    def lease(
+        self, *, verify: bool = True, verified: dict | None = None, attempts: int = 20
+    ) -> tuple[Lease, dict]:
         """Take a shared lock on the current generation and read its manifest, checked
         against ``CURRENT`` and (``verify=True``) every file against the manifest.
+
+        ``verified`` is the file table of a generation this process already verified:
+        a file whose entry (size, checksum, shape) is the same there (a hard link of the
+        same file, as writers carry it) has only its size checked, so following a writer
+        costs the files it changed, not the whole workspace.
 
         Raises
         ------
@@ -393,14 +400,16 @@ class Store:
                 continue
             lease = Lease(current, handle)
             try:
-                manifest = self._check(current, pointer, verify=verify)
+                manifest = self._check(current, pointer, verify=verify, verified=verified)
             except BaseException:
                 lease.release()
                 raise
             return lease, manifest
         raise RuntimeError(f"{self.root}: the workspace kept changing while opening it; retry")
 
-    def _check(self, generation: Generation, pointer: dict, *, verify: bool) -> dict:
+    def _check(
+        self, generation: Generation, pointer: dict, *, verify: bool, verified: dict | None
+    ) -> dict:
         path = generation.dir / MANIFEST
         raw = path.read_bytes()
         expected = pointer.get("manifest_blake2b")
@@ -417,12 +426,13 @@ class Store:
         if not isinstance(files, dict):
             raise CorruptWorkspaceError(f"{path}: no file table; rebuild the workspace")
         if verify:
+            known = verified or {}
             for rel, want in files.items():
-                self._check_file(generation.dir / rel, want)
+                self._check_file(generation.dir / rel, want, content=known.get(rel) != want)
         return manifest
 
     @staticmethod
-    def _check_file(path: Path, want: dict) -> None:
+    def _check_file(path: Path, want: dict, *, content: bool = True) -> None:
         fix = "rebuild the workspace (`profiler build`) or restore the file from a backup"
         if not path.is_file():
             raise CorruptWorkspaceError(f"{path}: missing; {fix}")
@@ -432,6 +442,8 @@ class Store:
                 f"{path}: {size} bytes, the manifest says {want.get('size')} "
                 f"(truncated or replaced); {fix}"
             )
+        if not content:
+            return
         got = file_digest(path)
         if "shape" in want and got.get("shape") != want["shape"]:
             raise CorruptWorkspaceError(

@@ -735,9 +735,7 @@ class Workspace:
         events["rating_predicted"] = pd.Series(flag, index=events.index).fillna(False).astype(bool)
         self.events = events
         self.event_vectors = event_vectors
-        self._user_rows = (
-            events.groupby("user_id", sort=False).indices if user_rows is None else user_rows
-        )
+        self._user_rows = rows_by_user(events["user_id"]) if user_rows is None else user_rows
         self._text_row_map: dict[str, int] | None = None  # built by the first update
         self._explore_events = None
         self._corpus: Corpus | None = None
@@ -1026,6 +1024,7 @@ class Workspace:
         embedder: Embedder | None = None,
         mmap: bool = False,
         verify: bool = True,
+        verified: dict | None = None,
     ) -> Workspace:
         """Open a built workspace; the model is loaded only when a text must be embedded.
 
@@ -1038,7 +1037,8 @@ class Workspace:
         The workspace keeps the generation it opened (a shared lock) until
         :meth:`close`, whatever writers publish meanwhile. With ``verify`` (default) every
         file is checked against its size and checksum in the manifest, and float arrays
-        for NaN/inf, before anything is loaded.
+        for NaN/inf, before anything is loaded; a file listed unchanged in ``verified``
+        (the file table of a generation opened before) has only its size checked.
 
         Raises
         ------
@@ -1061,7 +1061,7 @@ class Workspace:
             raise FileNotFoundError(
                 f"{path}: no workspace here (no CURRENT); create one with `profiler build`"
             )
-        lease, manifest = store.lease(verify=verify)
+        lease, manifest = store.lease(verify=verify, verified=verified)
         data = lease.generation.dir
         manifest_path = data / "manifest.json"
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -1174,6 +1174,45 @@ class Workspace:
             state=State(profiles, user_index, Interactions.load(data)),
             search_effort=described.get("search_effort"),
         )
+        return ws
+
+    def published(self) -> str | None:
+        """The generation writers last published (``CURRENT``), this process's or
+        another's; :meth:`reopen` when it is not :attr:`generation`."""
+        pointer = self.store.pointer()
+        return None if pointer is None else pointer["generation"]
+
+    def reopen(self) -> Workspace:
+        """The newest published generation, opened with what this one already holds.
+
+        The loaded embedding model is shared; a file the new generation holds unchanged
+        is not checksummed again (this one verified it); the tag, style and sentiment
+        models are carried when none of their files changed. This workspace stays open
+        on its own generation until :meth:`close`. A server process uses it to follow
+        what other processes publish (:class:`profiler.service.live.LiveWorkspace`).
+        """
+        ws = Workspace.open(
+            self.path,
+            embedder=self.embedder,
+            mmap=self.item_index.read_only,
+            verified=self.manifest.get("files"),
+        )
+        old, new = self.manifest.get("files", {}), ws.manifest.get("files", {})
+
+        def unchanged(directory: Path) -> bool:
+            prefix = directory.relative_to(self.data).as_posix() + "/"
+            mine = {k: v for k, v in old.items() if k.startswith(prefix)}
+            theirs = {k: v for k, v in new.items() if k.startswith(prefix)}
+            return bool(mine) and mine == theirs
+
+        if unchanged(self.tags_dir):
+            ws._tag_model, ws._styles, ws._tag_level = (
+                self._tag_model,
+                self._styles,
+                self._tag_level,
+            )
+        if unchanged(self.sentiment_dir):
+            ws._sentiment = self._sentiment
         return ws
 
     # -- queries ------------------------------------------------------------------------
@@ -2025,6 +2064,17 @@ def predict_ratings(events: pd.DataFrame, sentiment) -> int:
         events.loc[todo, "rating_predicted"] = True
         logger.info("predicted the ratings of %d reviews without one", int(todo.sum()))
     return int(todo.sum())
+
+
+def rows_by_user(users: pd.Series) -> dict[str, np.ndarray]:
+    """Each user's event positions, ascending, users in order of first appearance: what
+    ``groupby(sort=False).indices`` gives, without its per-group Python indexing of an
+    Arrow column (5,000 users: 15 -> 3 ms; it runs whenever a server process follows a
+    write)."""
+    codes, uniques = pd.factorize(users, sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(uniques)))])
+    return {user: order[bounds[i] : bounds[i + 1]] for i, user in enumerate(uniques.tolist())}
 
 
 def _is_number(text) -> bool:
