@@ -344,6 +344,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--threads", type=int, help="requests computed at once; the rest queue (default 40)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes; each loads the workspace and follows what the others write",
+    )
     _add_common(serve)
 
     models = commands.add_parser("models", help="embedding models that install offline by name")
@@ -665,33 +671,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_api_key(path: Path) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such API key file")
-    key = path.read_text(encoding="utf-8").strip()
-    if not key:
-        raise ValueError(f"{path}: the API key file is empty")
-    return key
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from profiler.service.app import create_app, one_thread_per_request
+    from profiler.service import app as service
 
-    one_thread_per_request()
-    api_key = _read_api_key(args.api_key_file) if args.api_key_file else None
-    ws = Workspace.open(args.workspace, show_progress_bar=False)
-    app = create_app(
-        ws,
-        api_key=api_key,
+    config = service.ServeConfig(
+        workspace=str(args.workspace),
+        api_key_file=str(args.api_key_file) if args.api_key_file else None,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         threads=args.threads,
     )
     where = f"http://{args.host}:{args.port}"
-    print(f"serving {ws} at {where}: explorer page {where}/, API docs {where}/docs", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
-    ws.close()
+    log_level = "warning" if args.quiet else "info"
+    if args.workers < 1:
+        raise ValueError(f"--workers: at least 1, got {args.workers}")
+    if args.workers == 1:
+        app = service.create_configured(config)
+        ws = app.state.workspace.workspace
+        print(f"serving {ws} at {where}: explorer page {where}/, API docs {where}/docs", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=log_level)
+        app.state.workspace.close()
+        return 0
+    with service.shared_folder(config):
+        print(
+            f"serving {args.workspace} from {args.workers} processes at {where}: explorer page "
+            f"{where}/, API docs {where}/docs",
+            flush=True,
+        )
+        uvicorn.run(
+            "profiler.service.app:create_from_environment",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_level=log_level,
+        )
     return 0
 
 

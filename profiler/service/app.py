@@ -14,9 +14,14 @@ Anything else is a 500 whose body says only that the server log has the details.
 
 import contextlib
 import hmac
+import json
 import logging
-import threading
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -29,11 +34,22 @@ from fastapi.staticfiles import StaticFiles
 
 from profiler.privacy import ForgetReport
 from profiler.service import schemas as s
+from profiler.service.live import LiveWorkspace
 from profiler.service.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from profiler.store import WriteLockedError
+from profiler.store import Store, WriteLockedError
 from profiler.workspace import Workspace
 
-__all__ = ["API_KEY_HEADER", "MAX_BODY_BYTES", "create_app", "one_thread_per_request"]
+__all__ = [
+    "API_KEY_HEADER",
+    "MAX_BODY_BYTES",
+    "ServeConfig",
+    "create_app",
+    "create_configured",
+    "create_from_environment",
+    "one_thread_per_request",
+    "read_api_key",
+    "shared_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,20 +162,111 @@ def one_thread_per_request() -> None:
     threadpool_limits(limits=1)
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``profiler serve`` hands each server process (as JSON in ``PROFILER_SERVE``
+    when there are several: the API key travels as its file's path, never its value)."""
+
+    workspace: str
+    api_key_file: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    threads: int | None = None
+    peers: str | None = None  # the folder the processes share; None: one process
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        data = json.loads(text)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{SERVE_ENV}: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+SERVE_ENV = "PROFILER_SERVE"
+
+
+def read_api_key(path: str | os.PathLike[str]) -> str:
+    """The key in ``path`` (surrounding whitespace dropped); an error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such API key file")
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise ValueError(f"{path}: the API key file is empty")
+    return key
+
+
+def create_configured(config: ServeConfig) -> FastAPI:
+    """One server process: computing on one thread per request, the workspace opened,
+    the app made."""
+    one_thread_per_request()
+    api_key = read_api_key(config.api_key_file) if config.api_key_file else None
+    return create_app(
+        config.workspace,
+        api_key=api_key,
+        max_body_bytes=config.max_body_bytes,
+        threads=config.threads,
+        peers=Path(config.peers) if config.peers else None,
+    )
+
+
+def create_from_environment() -> FastAPI:
+    """uvicorn's app factory in each worker process of ``profiler serve --workers N``."""
+    raw = os.environ.get(SERVE_ENV)
+    if not raw:
+        raise RuntimeError(f"{SERVE_ENV} is not set: start the workers with `profiler serve`")
+    return create_configured(ServeConfig.from_json(raw))
+
+
+@contextlib.contextmanager
+def shared_folder(config: ServeConfig) -> Iterator[ServeConfig]:
+    """Set up several server processes: check the workspace and the key file here (a
+    clear error before any worker starts), make a private folder the processes share
+    (their announcements, the writers' turn and the metrics' files) and put the
+    configuration in the environment the workers inherit. Both are undone on exit."""
+    if Store(Path(config.workspace)).pointer() is None:
+        raise FileNotFoundError(
+            f"{config.workspace}: no workspace here (no CURRENT); create one with `profiler build`"
+        )
+    if config.api_key_file:
+        read_api_key(config.api_key_file)
+    folder = Path(tempfile.mkdtemp(prefix="profiler-serve-"))
+    (folder / "metrics").mkdir(mode=0o700)
+    shared = ServeConfig(**{**asdict(config), "peers": str(folder / "peers")})
+    saved = {name: os.environ.get(name) for name in (SERVE_ENV, "PROMETHEUS_MULTIPROC_DIR")}
+    os.environ[SERVE_ENV] = shared.to_json()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
+    try:
+        yield shared
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def create_app(
     workspace: Workspace | str | Path,
     *,
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     threads: int | None = None,
+    peers: Path | None = None,
 ) -> FastAPI:
     """The service over ``workspace`` (an open one, or a path to open). With ``api_key``,
     every endpoint but the probes and the page wants it in the ``X-API-Key`` header.
     ``threads`` caps the requests computed at once (the rest wait their turn; default:
-    anyio's 40)."""
+    anyio's 40). ``peers`` is the folder that the processes serving this workspace
+    together share (``profiler serve --workers N``); while the app runs it follows the
+    generations other processes publish (:class:`~profiler.service.live.LiveWorkspace`)."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
-    writes = threading.Lock()
-    metrics = ServiceMetrics()
+    live = LiveWorkspace(ws, peers=peers)
+    metrics = ServiceMetrics(multiprocess=peers is not None)
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
 
     def authorised(key: Annotated[str | None, Depends(key_header)]) -> None:
@@ -176,7 +283,11 @@ def create_app(
             import anyio.to_thread
 
             anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        yield
+        live.start()
+        try:
+            yield
+        finally:
+            live.stop()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -189,7 +300,7 @@ def create_app(
     # the probes, metrics and the page answer without the key (the page asks for it);
     # everything under ``api`` wants it
     api = APIRouter(dependencies=[Depends(authorised)])
-    app.state.workspace = ws
+    app.state.workspace = live
     app.state.metrics = metrics
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
 
@@ -242,16 +353,18 @@ def create_app(
     @app.get("/readyz", tags=["probes"])
     def readyz():
         """The workspace is open and can serve recommendations."""
-        try:
-            scorer = ws.recommender.scorer_.kind
-        except ValueError as exc:
-            return JSONResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
-        return {
-            "status": "ready",
-            "generation": ws.generation,
-            "scorer": scorer,
-            **ws.manifest["counts"],
-        }
+        with live.reading() as ws:
+            try:
+                scorer = ws.recommender.scorer_.kind
+            except ValueError as exc:
+                return JSONResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
+            return {
+                "status": "ready",
+                "process": os.getpid(),  # which of the server's processes answered
+                "generation": ws.generation,
+                "scorer": scorer,
+                **ws.manifest["counts"],
+            }
 
     @app.get("/metrics", tags=["probes"], response_class=Response)
     def prometheus() -> Response:
@@ -266,7 +379,7 @@ def create_app(
 
     # -- reads ------------------------------------------------------------------------------
 
-    def recommend_one(request: s.RecommendRequest) -> s.RecommendResponse:
+    def recommend_one(ws: Workspace, request: s.RecommendRequest) -> s.RecommendResponse:
         results = ws.recommend(
             request.user_id,
             history=request.history,
@@ -286,21 +399,26 @@ def create_app(
     ) -> s.RecommendResponse | list[s.RecommendResponse]:
         """Items for one shopper (an object) or for a batch (an array of up to 100), each
         a known ``user_id`` or the ``history`` texts of an anonymous shopper."""
-        if isinstance(body, list):
-            if not body or len(body) > MAX_BATCH:
-                raise ValueError(f"a batch holds 1 to {MAX_BATCH} requests, got {len(body)}")
-            return [recommend_one(r) for r in body]
-        return recommend_one(body)
+        with live.reading() as ws:
+            if isinstance(body, list):
+                if not body or len(body) > MAX_BATCH:
+                    raise ValueError(f"a batch holds 1 to {MAX_BATCH} requests, got {len(body)}")
+                return [recommend_one(ws, r) for r in body]
+            return recommend_one(ws, body)
 
     @api.post("/search", tags=["items"])
     def search(body: s.SearchRequest) -> s.SearchResponse:
         """Items most similar to a free-text query."""
-        return s.SearchResponse(query=body.query, items=ws.search(body.query, body.k).records())
+        with live.reading() as ws:
+            items = ws.search(body.query, body.k).records()
+        return s.SearchResponse(query=body.query, items=items)
 
     @api.get("/items/{item_id:path}/similar", tags=["items"])
     def similar(item_id: str, k: Annotated[int, Query(ge=1, le=s.MAX_K)] = 10) -> s.ItemsResponse:
         """Catalogue items closest to this one."""
-        return s.ItemsResponse(item_id=item_id, items=ws.similar_items(item_id, k).records())
+        with live.reading() as ws:
+            items = ws.similar_items(item_id, k).records()
+        return s.ItemsResponse(item_id=item_id, items=items)
 
     @api.get("/items/{item_id:path}/audience", tags=["items"])
     def audience(
@@ -308,29 +426,31 @@ def create_app(
     ) -> s.AudienceResponse:
         """Shoppers most likely to want this item (nearest profiles in the user index;
         stored ids, pseudonyms in a pseudonymous workspace)."""
-        users = [{"user_id": u, "score": v} for u, v in ws.audience(item_id, k)]
+        with live.reading() as ws:
+            users = [{"user_id": u, "score": v} for u, v in ws.audience(item_id, k)]
         return s.AudienceResponse(item_id=item_id, users=users)
 
     @api.get("/users/{user_id:path}/tags", tags=["shoppers"])
     def user_tags(user_id: str, top: Annotated[int, Query(ge=1, le=50)] = 5) -> s.TagsResponse:
         """Her interest tags with confidence and the events behind each."""
-        return s.TagsResponse(
-            user_id=user_id, tags=[t.to_dict() for t in ws.tags(user_id, top=top)]
-        )
+        with live.reading() as ws:
+            tags = [t.to_dict() for t in ws.tags(user_id, top=top)]
+        return s.TagsResponse(user_id=user_id, tags=tags)
 
     @api.post("/tags", tags=["tags"])
     def text_tags(body: s.TextTagsRequest) -> list[s.TagsResponse]:
         """Interest tags of free texts: one answer per text, or one for all of them with
         ``joined`` (the texts of one shopper)."""
         groups = [body.texts] if body.joined else [[text] for text in body.texts]
-        return [
-            s.TagsResponse(
-                user_id=None,
-                text="\n".join(group),
-                tags=[t.to_dict() for t in ws.tags(texts=group, top=body.top)],
-            )
-            for group in groups
-        ]
+        with live.reading() as ws:
+            return [
+                s.TagsResponse(
+                    user_id=None,
+                    text="\n".join(group),
+                    tags=[t.to_dict() for t in ws.tags(texts=group, top=body.top)],
+                )
+                for group in groups
+            ]
 
     @api.get("/users/{user_id:path}/profile", tags=["shoppers"])
     def profile(
@@ -338,12 +458,13 @@ def create_app(
     ) -> s.ProfileResponse:
         """Her tags with evidence, her interest centres (each by its nearest items) and her
         recent events."""
-        described = ws.describe(user_id, events=events)
         tags, note = None, None
-        try:
-            tags = [t.to_dict() for t in ws.tags(user_id)]
-        except FileNotFoundError as exc:
-            note = str(exc)
+        with live.reading() as ws:
+            described = ws.describe(user_id, events=events)
+            try:
+                tags = [t.to_dict() for t in ws.tags(user_id)]
+            except FileNotFoundError as exc:
+                note = str(exc)
         stored = described.pop("user_id")
         return s.ProfileResponse(
             user_id=user_id, stored_id=stored, tags=tags, tags_note=note, **described
@@ -354,9 +475,10 @@ def create_app(
     @api.post("/users/{user_id:path}/tags", tags=["shoppers"])
     def change_tag(user_id: str, body: s.TagRequest) -> s.TagsResponse:
         """Pin or remove one of her tags; answers her tags after the change."""
-        with writes:
+        with live.writing() as ws:
             (ws.pin_tag if body.action == "pin" else ws.remove_tag)(user_id, body.tag)
-        return s.TagsResponse(user_id=user_id, tags=[t.to_dict() for t in ws.tags(user_id)])
+            tags = [t.to_dict() for t in ws.tags(user_id)]
+        return s.TagsResponse(user_id=user_id, tags=tags)
 
     @api.post("/events", tags=["shoppers"])
     def events(body: s.EventsRequest) -> s.EventsResponse:
@@ -368,15 +490,16 @@ def create_app(
                 frame = frame.drop(columns=column)
         frame["item_id"] = frame["item_id"].fillna("")
         frame["text"] = frame["text"].fillna("")
-        with writes:
+        with live.writing() as ws:
             added = ws.add_events(frame)
-        return s.EventsResponse(added=added, rejected=len(frame) - added, generation=ws.generation)
+            generation = ws.generation
+        return s.EventsResponse(added=added, rejected=len(frame) - added, generation=generation)
 
     @api.post("/feedback", tags=["shoppers"])
     def feedback(body: s.FeedbackRequest) -> s.FeedbackResponse:
         """Her answer to a shown item: ``liked`` or a graded ``reward`` in [0, 1]; the
         same ``event_id`` twice counts once."""
-        with writes:
+        with live.writing() as ws:
             counted = ws.feedback(
                 body.user_id,
                 body.item_id,
@@ -391,7 +514,7 @@ def create_app(
     def forget(user_id: str, retrain: bool = True, keep_models: bool = False) -> ForgetReport:
         """Delete her everywhere (events, vectors, profile, user index, overrides, explore
         state, quarantined rows) and say what went."""
-        with writes:
+        with live.writing() as ws:
             return ws.forget(user_id, retrain=retrain, keep_models=keep_models)
 
     app.include_router(api)
