@@ -226,10 +226,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(path: Path, port: int, threads: int | None) -> subprocess.Popen:
+def start_server(
+    path: Path, port: int, threads: int | None, workers: int | None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "profiler.cli", "serve", "--workspace", str(path)]
     if threads is not None:
         command += ["--threads", str(threads)]
+    if workers is not None:
+        command += ["--workers", str(workers)]
     server = subprocess.Popen([*command, "--port", str(port), "-q"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -331,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-threads", type=int, help="profiler serve --threads")
+    parser.add_argument("--server-workers", type=int, help="profiler serve --workers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--users", help=argparse.SUPPRESS)
@@ -365,15 +370,25 @@ def main(argv: list[str] | None = None) -> int:
                 local_path, users, args.clients, args.seconds, think, args
             )
         port = free_port()
-        server = start_server(path, port, args.server_threads)
+        server = start_server(path, port, args.server_threads, args.server_workers)
         url = f"http://127.0.0.1:{port}"
         try:
+            warmed: set[int] = set()
+            for _ in range(50):  # warm every process the same way (a connection each)
+                with httpx.Client(base_url=url, timeout=60) as http:
+                    process = http.get("/readyz").json()["process"]
+                    if process in warmed:
+                        continue
+                    warmed.add(process)
+                    for query in QUERIES:
+                        http.post("/search", json={"query": query, "k": 10})
+                        http.post("/recommend", json={"history": [query], "k": 10})
+                    for user in users[:20]:
+                        http.post("/recommend", json={"user_id": user, "k": 10})
+                if len(warmed) == (args.server_workers or 1):
+                    break
+            print(f"warmed {len(warmed)} server processes")
             with httpx.Client(base_url=url, timeout=60) as http:
-                for query in QUERIES:  # warm the server the same way
-                    http.post("/search", json={"query": query, "k": 10})
-                    http.post("/recommend", json={"history": [query], "k": 10})
-                for user in users[:20]:
-                    http.post("/recommend", json={"user_id": user, "k": 10})
                 before = metric_total(http)
             runs = []
             for think in thinks:
@@ -411,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "in_process_calls": args.in_process,
             "seed": args.seed,
             "server_threads": args.server_threads,
+            "server_workers": args.server_workers,
         },
         rows,
         server_counted=counted,
