@@ -226,14 +226,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(
-    path: Path, port: int, threads: int | None, workers: int | None
-) -> subprocess.Popen:
+def start_server(path: Path, port: int, threads: int | None, workers: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "profiler.cli", "serve", "--workspace", str(path)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    if workers is not None:
-        command += ["--workers", str(workers)]
+    command += ["--workers", str(workers)]
     server = subprocess.Popen([*command, "--port", str(port), "-q"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -335,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-threads", type=int, help="profiler serve --threads")
-    parser.add_argument("--server-workers", type=int, help="profiler serve --workers")
+    parser.add_argument(
+        "--server-workers", type=int, help="profiler serve --workers (default: its auto)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--users", help=argparse.SUPPRESS)
@@ -370,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 local_path, users, args.clients, args.seconds, think, args
             )
         port = free_port()
-        server = start_server(path, port, args.server_threads, args.server_workers)
+        from profiler.service.app import auto_workers
+
+        workers = args.server_workers or auto_workers(path)  # the server's default, named
+        server = start_server(path, port, args.server_threads, workers)
         url = f"http://127.0.0.1:{port}"
         try:
             warmed: set[int] = set()
@@ -385,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                         http.post("/recommend", json={"history": [query], "k": 10})
                     for user in users[:20]:
                         http.post("/recommend", json={"user_id": user, "k": 10})
-                if len(warmed) == (args.server_workers or 1):
+                if len(warmed) == workers:
                     break
-            print(f"warmed {len(warmed)} server processes")
+            print(f"warmed {len(warmed)} of {workers} server processes")
             with httpx.Client(base_url=url, timeout=60) as http:
                 before = metric_total(http)
             runs = []
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             "in_process_calls": args.in_process,
             "seed": args.seed,
             "server_threads": args.server_threads,
-            "server_workers": args.server_workers,
+            "server_workers": workers,
         },
         rows,
         server_counted=counted,

@@ -346,9 +346,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="server processes; each loads the workspace and follows what the others write",
+        default="auto",
+        help="server processes, each with the model and the workspace loaded, following "
+        "what the others write (default auto: one per core, as many as half the free "
+        "memory holds)",
     )
     _add_common(serve)
 
@@ -684,9 +685,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     where = f"http://{args.host}:{args.port}"
     log_level = "warning" if args.quiet else "info"
-    if args.workers < 1:
-        raise ValueError(f"--workers: at least 1, got {args.workers}")
-    if args.workers == 1:
+    if args.workers == "auto":
+        workers = service.auto_workers(args.workspace)
+    elif args.workers.isdigit() and int(args.workers) >= 1:
+        workers = int(args.workers)
+    else:
+        raise ValueError(
+            f"--workers: a number of processes (1 or more) or auto, got {args.workers!r}"
+        )
+    if workers == 1:
         app = service.create_configured(config)
         ws = app.state.workspace.workspace
         print(f"serving {ws} at {where}: explorer page {where}/, API docs {where}/docs", flush=True)
@@ -695,14 +702,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     with service.shared_folder(config):
         print(
-            f"serving {args.workspace} from {args.workers} processes at {where}: explorer page "
+            f"serving {args.workspace} from {workers} processes at {where}: explorer page "
             f"{where}/, API docs {where}/docs",
             flush=True,
         )
         uvicorn.run(
             "profiler.service.app:create_from_environment",
             factory=True,
-            workers=args.workers,
+            workers=workers,
             host=args.host,
             port=args.port,
             log_level=log_level,
