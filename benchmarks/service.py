@@ -9,7 +9,8 @@ Steps, in one run:
    back to back (``idle``), and paced like one client (the same mean pause per call,
    ``local``; a CPU left idle between calls is slower on the next one: search took 4.9 ms
    back to back and 19.5 ms with 0.5 s pauses, in-process, on the machine of the note).
-3. ``profiler serve`` on the other copy, in its own process; ``--clients`` threads, each
+3. ``profiler serve`` on the other copy, with the ``--workers`` its ``auto`` names (or
+   ``--server-workers``), every process warmed; ``--clients`` threads, each
    with its own HTTP connection, send requests for ``--seconds``, with a pause drawn
    uniformly from 0 to twice each ``--think-ms`` value (0: back to back, the server
    saturated). One more client posts a new shopper's event every
@@ -17,8 +18,9 @@ Steps, in one run:
 4. The same load in-process, without HTTP (``threads``): a child process set up as the
    server is (one compute thread per request), ``--clients`` threads calling the
    workspace with the same mix and pauses for ``--seconds``, and the same writer calling
-   ``add_events``. This is the like-for-like comparison: the queue of 8 callers on 2 cores
-   is in both, so the ratio measures what HTTP and the service add.
+   ``add_events``. This is the like-for-like comparison for one server process: the queue
+   of 8 callers on 2 cores is in both, so the ratio measures what HTTP and the service
+   add (several server processes share that queue out, so there it is below 1).
 5. Per call and pause: requests, errors (any status but 200, or a failed connection),
    throughput, p50/p99 over HTTP, and the ratio of the HTTP p99 to the in-process p99
    under the same concurrent load (``threads ratio``), paced the same way one call at a

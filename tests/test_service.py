@@ -409,3 +409,18 @@ def test_reads_go_on_while_events_are_written(fresh, tiny_frames):
             thread.join()
     assert failures == []
     assert http.get("/users/w4/profile").status_code == 200
+
+
+def test_auto_workers_one_per_core_within_half_the_memory(template, monkeypatch):
+    from profiler.service import app as service
+
+    assert service._available_memory() > 0  # read from /proc/meminfo here
+    monkeypatch.setattr(service.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(service, "_available_memory", lambda: 64 * 2**30)
+    assert service.auto_workers(template) == 4  # the cores bound it
+    monkeypatch.setattr(service, "_available_memory", lambda: 4 * 2**30)
+    assert service.auto_workers(template) == 2  # 2 GiB holds two 0.75 GiB processes
+    monkeypatch.setattr(service, "_available_memory", lambda: 2**30)
+    assert service.auto_workers(template) == 1  # never fewer than one
+    monkeypatch.setattr(service, "_available_memory", lambda: None)
+    assert service.auto_workers(template) == 4  # memory unknown: the cores
