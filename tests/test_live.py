@@ -249,3 +249,41 @@ def test_serve_with_two_workers_over_http(path):
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+def test_a_process_that_cannot_open_the_published_generation_is_not_ready(path, embedder):
+    from fastapi.testclient import TestClient
+
+    from profiler.service.app import create_app
+
+    app = create_app(Workspace.open(path, embedder=embedder))
+    with TestClient(app, raise_server_exceptions=False) as http:  # lifespan: follows
+        live = app.state.workspace
+        live.stop()  # damage the next generation before the follower looks at it
+        with Workspace.open(path, embedder=embedder) as writer:
+            writer.add_events(search_event("n4"))
+            events = writer.data / "events.parquet"
+            damaged = bytearray(events.read_bytes())
+            damaged[len(damaged) // 2] ^= 0xFF
+            events.write_bytes(bytes(damaged))
+            live.start()
+            wait_for(lambda: live.behind is not None)
+            ready = http.get("/readyz")
+            assert ready.status_code == 503
+            assert "events.parquet: checksum mismatch" in ready.json()["detail"]
+            # it still answers from the generation it has
+            assert http.post("/search", json={"query": "jeans", "k": 2}).status_code == 200
+            writer.add_events(search_event("n5", 1))  # a good generation: it recovers
+            wait_for(lambda: live.behind is None and knows(live.workspace, "n5"))
+            assert http.get("/readyz").status_code == 200
+
+
+def test_serve_refuses_a_bad_worker_count(path, capsys):
+    from profiler import cli
+
+    for bad in ("0", "two"):
+        assert cli.main(["serve", "--workspace", str(path), "--workers", bad]) == 2
+        assert "--workers: a number of processes (1 or more) or auto" in capsys.readouterr().err
+    missing = path.parent / "none"
+    assert cli.main(["serve", "--workspace", str(missing), "--workers", "2"]) == 2
+    assert f"{missing}: no workspace here" in capsys.readouterr().err

@@ -387,7 +387,10 @@ def create_app(
 
     @app.get("/readyz", tags=["probes"])
     def readyz():
-        """The workspace is open and can serve recommendations."""
+        """The workspace is open, serves the published generation and can recommend."""
+        if live.behind is not None:
+            detail = f"cannot serve the published generation ({live.behind})"
+            return JSONResponse({"status": "not ready", "detail": detail}, status_code=503)
         with live.reading() as ws:
             try:
                 scorer = ws.recommender.scorer_.kind

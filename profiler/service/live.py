@@ -17,7 +17,10 @@ publish:
   everywhere. A process that has not caught up within ``wait`` seconds is logged and the
   write answers anyway.
 
-Reads never wait for a reopen: they take the generation served when they start.
+Reads never wait for a reopen: they take the generation served when they start. A
+process that cannot open the published generation (a damaged file) keeps answering from
+the one it has, says why in :attr:`LiveWorkspace.behind` (``/readyz`` answers 503 with
+it, so a load balancer stops sending it requests) and tries again every second.
 
 With one process (no shared folder) the follower still picks up what another program
 (``profiler add-events`` from a shell) publishes, and writes take turns within it.
@@ -82,6 +85,7 @@ class LiveWorkspace:
         self._following = threading.Lock()  # one reopen at a time, none during a write
         self._writes = threading.Lock()
         self._stop = threading.Event()
+        self.behind: str | None = None  # why the published generation could not be opened
         self._seen = self._current_stamp()
         self._thread: threading.Thread | None = None
         # <pid>-<n>: the pid tells whether the process lives; n tells apart two of them
@@ -167,10 +171,12 @@ class LiveWorkspace:
             try:
                 with self._following:
                     self._follow()
-            except Exception:  # a bad generation must not end the follower: log, retry
+            except Exception as exc:  # a bad generation must not end the follower
+                self.behind = f"{type(exc).__name__}: {exc}"
                 logger.exception("%s: could not open the published generation", self._ws.path)
-                time.sleep(1.0)
+                time.sleep(1.0)  # then retry: a writer may publish a good one
                 continue
+            self.behind = None
             self._seen = stamp
 
     def _follow(self) -> None:
