@@ -193,8 +193,8 @@ def free_port() -> int:
 
 def test_serve_with_two_workers_over_http(path):
     """``profiler serve --workers 2``: both processes answer, a write posted to one is
-    in every answer after it, a forgotten shopper is gone from both, and ``/metrics``
-    counts the requests of both."""
+    in every answer after it, a forgotten shopper is gone from both, a busy process
+    hands connections back, and ``/metrics`` counts the requests of both."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "profiler.cli", "serve", "--workspace", str(path)]
@@ -236,6 +236,23 @@ def test_serve_with_two_workers_over_http(path):
         for _ in range(20):
             answer = fresh_get("/users/w-new/profile")
             assert answer.status_code == 404 and "w-new" in answer.json()["detail"]
+        # alone, a request keeps its connection; a busy process hands it back
+        assert fresh_get("/readyz").headers.get("connection") != "close"
+        closed: list[bool] = []
+
+        def busy() -> None:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                for _ in range(5):
+                    answer = http.post("/recommend", json={"history": ["warm coat"], "k": 5})
+                    assert answer.status_code == 200
+                    closed.append(answer.headers.get("connection") == "close")
+
+        clients = [threading.Thread(target=busy) for _ in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        assert len(closed) == 40 and any(closed)
         metrics = fresh_get("/metrics").text
         line = next(
             row
