@@ -1,10 +1,12 @@
 """The profiler as an HTTP service: a FastAPI app over one open :class:`Workspace`.
 
-One process holds the workspace (model and indexes loaded once) and answers requests from
-uvicorn's thread pool. Reads run side by side; writes (``/events``, ``/feedback``, tag
-pins, forget) take one lock, so they are serialised, and the workspace swaps its state in
-one step when a write is done, so reads go on meanwhile and never see half of one
-(:mod:`profiler.store`).
+Each server process holds the workspace (model and indexes loaded once) and answers
+requests from uvicorn's thread pool; ``profiler serve --workers N`` runs several, each
+made by :func:`create_from_environment`. Reads run side by side; writes (``/events``,
+``/feedback``, tag pins, forget) take turns across the processes, and the workspace swaps
+its state in one step when a write is done, so reads go on meanwhile and never see half
+of one; every process follows what the others publish
+(:class:`~profiler.service.live.LiveWorkspace`, :mod:`profiler.store`).
 
 Errors are answers, not tracebacks: an unknown shopper or item is a 404 naming it, a
 malformed body a 400, a field out of bounds a 422 naming the field, a body over the
