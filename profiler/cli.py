@@ -698,7 +698,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws = app.state.workspace.workspace
         print(f"serving {ws} at {where}: explorer page {where}/, API docs {where}/docs", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=log_level)
-        app.state.workspace.close()
         return 0
     with service.shared_folder(config):
         print(

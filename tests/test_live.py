@@ -304,3 +304,14 @@ def test_serve_refuses_a_bad_worker_count(path, capsys):
     missing = path.parent / "none"
     assert cli.main(["serve", "--workspace", str(missing), "--workers", "2"]) == 2
     assert f"{missing}: no workspace here" in capsys.readouterr().err
+
+
+def test_a_closed_process_is_not_waited_for(path, embedder, tmp_path):
+    a = LiveWorkspace(Workspace.open(path, embedder=embedder), peers=tmp_path / "peers")
+    b = LiveWorkspace(Workspace.open(path, embedder=embedder), peers=tmp_path / "peers")
+    assert [name for name, _ in a._peer_generations()] == [b._name]
+    b.close()
+    assert a._peer_generations() == []
+    with a.writing() as ws:  # answers at once: nobody else to wait for
+        ws.add_events(search_event("n6"))
+    a.close()

@@ -301,7 +301,8 @@ def create_app(
     anyio's 40). ``peers`` is the folder that the processes serving this workspace
     together share (``profiler serve --workers N``); while the app runs it follows the
     generations other processes publish (:class:`~profiler.service.live.LiveWorkspace`)."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    owned = not isinstance(workspace, Workspace)  # opened here: closed when the app stops
+    ws = Workspace.open(workspace) if owned else workspace
     live = LiveWorkspace(ws, peers=peers)
     metrics = ServiceMetrics(multiprocess=peers is not None)
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
@@ -324,7 +325,11 @@ def create_app(
         try:
             yield
         finally:
-            live.stop()
+            # a process that stops withdraws its announcement: writes stop waiting for it
+            if owned:
+                live.close()
+            else:
+                live.stop()
 
     app = FastAPI(
         lifespan=lifespan,
