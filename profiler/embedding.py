@@ -52,6 +52,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_model",
+    "usable_cores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -427,6 +428,13 @@ class Bf16Probe(NamedTuple):
     model_id: str
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_key() -> str:
     """This machine's identity for cached bfloat16 measurements.
 
@@ -450,7 +458,7 @@ def cpu_key() -> str:
     except OSError:
         pass  # not Linux: the name below and the torch version still tell machines apart
     name = name or platform.processor() or platform.machine()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     present = ",".join(flag for flag in _BF16_FLAGS if flag in flags) or "-"
     return f"{name} | {present} | torch {torch.__version__} | {cores} cores"
 

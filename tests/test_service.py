@@ -415,7 +415,7 @@ def test_auto_workers_one_per_core_within_half_the_memory(template, monkeypatch)
     from profiler.service import app as service
 
     assert service._available_memory() > 0  # read from /proc/meminfo here
-    monkeypatch.setattr(service.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(service, "usable_cores", lambda: 4)
     monkeypatch.setattr(service, "_available_memory", lambda: 64 * 2**30)
     assert service.auto_workers(template) == 4  # the cores bound it
     monkeypatch.setattr(service, "_available_memory", lambda: 4 * 2**30)

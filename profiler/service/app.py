@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
+from profiler.embedding import usable_cores
 from profiler.privacy import ForgetReport
 from profiler.service import schemas as s
 from profiler.service.live import LiveWorkspace
@@ -236,14 +237,14 @@ def auto_workers(workspace: str | os.PathLike[str]) -> int:
     copy of the workspace, taken as twice its published files). On 2 cores, 2 processes
     answered the load benchmark's saturated mix 2.1x as fast as one (p99 of a known
     shopper's recommend 78.6 ms against 181.8)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     store = Store(Path(workspace))
     current = store.current()
     files = read_json(current.dir / "manifest.json").get("files", {}) if current else {}
     each = PROCESS_BYTES + 2 * sum(entry.get("size", 0) for entry in files.values())
     available = _available_memory()
     fits = int(0.5 * available // each) if available is not None else cores
-    return max(1, min(cores or 1, fits))
+    return max(1, min(cores, fits))
 
 
 def _available_memory() -> int | None:

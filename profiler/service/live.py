@@ -152,7 +152,7 @@ class LiveWorkspace:
             ws.close()
         if self.peers is not None:
             with contextlib.suppress(FileNotFoundError):
-                (self.peers / f"{self._name}{ANNOUNCED}").unlink()
+                self._announcement.unlink()
 
     # -- following ------------------------------------------------------------------------
 
@@ -228,9 +228,13 @@ class LiveWorkspace:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @property
+    def _announcement(self) -> Path:
+        """The file that names the generation this process serves."""
+        return self.peers / f"{self._name}{ANNOUNCED}"
+
     def _announce(self) -> None:
-        generation = self._ws.generation or ""
-        write_text(self.peers / f"{self._name}{ANNOUNCED}", generation)
+        write_text(self._announcement, self._ws.generation or "")
 
     def _await_peers(self, generation: str | None) -> None:
         deadline = time.monotonic() + self.wait
